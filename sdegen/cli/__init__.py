@@ -16,6 +16,8 @@ COMMANDS = {
     "toy": "sdegen.cli.toy",
     "fid": "sdegen.cli.fid",
     "fid-stats": "sdegen.cli.fid_stats",
+    "gan": "sdegen.cli.gan",
+    "ddls": "sdegen.cli.ddls",
 }
 
 

@@ -1,0 +1,153 @@
+"""``sdegen ddls``: sample a GAN by Discriminator Driven Latent Sampling and write the samples.
+
+Output ``--out`` (.npz): ``samples`` (uint8 ``[N, H, W, C]`` for images, as ``sdegen fid`` reads them;
+float32 ``[N, D]`` for low-dimensional data), ``latents`` (float32 ``[N, latent size]``), the chain
+means ``energy_trace`` and ``logit_trace`` (``[steps + 1]``, step 0 = the plain generator) and, with
+``--mala``, ``acceptance_rate``. Chain ``i`` draws from its own generator seeded by ``(seed, i)``, so the
+samples do not depend on ``--batch-size``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import UsageError, choice, pick_device, positive_float, positive_int
+
+HELP = "sample a GAN by Discriminator Driven Latent Sampling (Langevin in latent space); write .npz"
+
+FORMATS = {
+    "sdegen": "generator.pt / discriminator.pt written by `sdegen gan train`",
+    "csinva-dcgan": "state dicts of the pretrained DCGAN of csinva/gan-vae-pretrained-pytorch "
+                    "(netG_epoch_199.pth, netD_epoch_199.pth)",
+}
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generator", required=True, help="generator weights file")
+    parser.add_argument("--discriminator", required=True, help="discriminator weights file")
+    parser.add_argument("--format", default="sdegen",
+                        help="weights format: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+    parser.add_argument("--n", type=positive_int, default=50000, help="number of samples")
+    parser.add_argument("--batch-size", type=positive_int, default=500, help="chains run at once")
+    parser.add_argument("--steps", type=_non_negative_int, default=100,
+                        help="Langevin steps (0: samples of the plain generator)")
+    parser.add_argument("--step-size", type=positive_float, default=0.01,
+                        help="e of Che et al. 2020, Algorithm 1: z' = z - (e/2) grad E(z) + sqrt(e) n")
+    parser.add_argument("--mala", action="store_true", help="Metropolis-adjust each step (MALA)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output .npz")
+    parser.add_argument("--grid", help="PNG of the first 64 samples (scatter plot for 2-D data)")
+    parser.add_argument("--plot", help="PNG of mean energy and mean logit along the chain "
+                                       "(default: next to --out, <out>_chain.png)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _load(args: argparse.Namespace, device):
+    from ..gan import load_net
+    from ..nets.dcgan import load_csinva_dcgan
+    choice(args.format, FORMATS, "format")
+    try:
+        if args.format == "csinva-dcgan":
+            G, D = load_csinva_dcgan(args.generator, args.discriminator, map_location="cpu")
+        else:
+            G = load_net(args.generator, "generator")
+            D = load_net(args.discriminator, "discriminator")
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"{e} (format {args.format})")
+    return G.to(device).eval(), D.to(device).eval()
+
+
+def _plot_chain(energy, logit, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, values, name in ((axes[0], energy, "mean energy E(z)"), (axes[1], logit, "mean logit d(G(z))")):
+        ax.plot(range(len(values)), values)
+        ax.set_xlabel("Langevin step")
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .. import noise
+    from ..ddls import StandardNormal, ddls, eval_mode, latent_energy
+    from ..gan import save_samples_png, to_uint8_images
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise UsageError(f"--out must end in .npz, got {args.out}")
+    device = pick_device(args.device)
+    G, D = _load(args, device)
+    prior = StandardNormal(G.latent_shape)
+    energy = latent_energy(G, D, prior)
+    with torch.no_grad(), eval_mode(G, D):
+        try:
+            energy(prior.sample(1, torch.Generator().manual_seed(0)).to(device))
+        except RuntimeError as e:
+            raise UsageError(f"the discriminator does not take the generator's samples: {str(e).splitlines()[0]}")
+
+    trace_e = torch.zeros(args.steps + 1, dtype=torch.float64, device=device)
+    trace_d = torch.zeros_like(trace_e)
+
+    def record(info: dict) -> None:
+        trace_e[info["i"] + 1] += info["energy"].sum()
+        trace_d[info["i"] + 1] += info["logit"].sum()
+
+    samples, latents, n_accepted = [], [], 0.0
+    starts = range(0, args.n, args.batch_size)
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="ddls" + (" (MALA)" if args.mala else ""), unit="batch")
+    for start in starts:
+        idx = range(start, min(args.n, start + args.batch_size))
+        gens = noise.per_sample_generators(args.seed, idx)
+        z0 = prior.sample(len(idx), gens).to(device)
+        with torch.no_grad(), eval_mode(G, D):
+            e0 = energy(z0)
+        trace_e[0] += e0.sum()
+        trace_d[0] += (-e0 - prior.log_prob(z0)).sum()
+        res = ddls(G, D, z0, step_size=args.step_size, n_steps=args.steps, mala=args.mala, rng=gens,
+                   callback=record)
+        samples.append(to_uint8_images(res.x) if res.x.dim() == 4 else res.x.float().cpu())
+        latents.append(res.z.reshape(len(idx), -1).float().cpu())
+        if args.mala and args.steps:
+            n_accepted += res.accepted.sum().item()
+
+    x = torch.cat(samples)
+    mean_e, mean_d = (trace_e / args.n).cpu().numpy(), (trace_d / args.n).cpu().numpy()
+    arrays = {"samples": x.numpy(), "latents": torch.cat(latents).numpy(),
+              "energy_trace": mean_e, "logit_trace": mean_d}
+    rate = n_accepted / (args.n * args.steps) if args.mala and args.steps else None
+    if rate is not None:
+        arrays["acceptance_rate"] = np.float64(rate)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+    title = (f"DDLS{' (MALA)' if args.mala else ''}: {args.steps} steps, e = {args.step_size}, "
+             f"n = {args.n}")
+    if args.grid:
+        save_samples_png(x, args.grid, title=title)
+    plot = Path(args.plot) if args.plot else out.with_name(out.stem + "_chain.png")
+    _plot_chain(mean_e, mean_d, plot, title)
+    print(f"wrote {args.n} samples {tuple(x.shape[1:])} to {out}; chain plot {plot}")
+    print(f"mean logit {mean_d[0]:.4f} -> {mean_d[-1]:.4f}, mean energy {mean_e[0]:.4f} -> {mean_e[-1]:.4f}"
+          + (f", acceptance rate {rate:.3f}" if rate is not None else ""))
+    return 0
