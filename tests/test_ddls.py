@@ -276,3 +276,69 @@ def test_calibration_recovers_a_scaled_logit():
     assert cal.after["ece"] < 0.03 < cal.before["ece"]
     x = torch.randn(5, 1, generator=g)
     torch.testing.assert_close(cal.logit(x), cal.a * critic(x) + cal.b)
+
+
+# --- CLI: DDLS with a calibrated logit -----------------------------------------------------------
+
+def _cli_ddls(argv):
+    import argparse
+
+    from sdegen.cli import ddls as cli_ddls
+    parser = argparse.ArgumentParser()
+    cli_ddls.add_arguments(parser)
+    return cli_ddls.run(parser.parse_args([str(a) for a in argv]))
+
+
+def test_cli_calibrate_makes_ddls_invariant_to_the_logit_scale(tmp_path, capsys):
+    """d and 3 d (the last, linear layer scaled) calibrate to the same a d + b, hence the same chains;
+    uncalibrated, they are different targets."""
+    import numpy as np
+
+    from sdegen.cli.common import UsageError
+    from sdegen.gan import save_net
+    torch.manual_seed(0)
+    G = DCGANGenerator(nz=4, ngf=8, nc=1, image_size=8)
+    D = DCGANDiscriminator(ndf=8, nc=1, image_size=8)
+    with torch.no_grad():                                       # images and logits that vary with z
+        for m in G.modules():
+            if isinstance(m, torch.nn.ConvTranspose2d):
+                m.weight.mul_(25.0)
+    save_net(G, tmp_path / "g.pt")
+    for name, scale in (("d", 1000.0), ("d3", 3000.0)):
+        Ds = DCGANDiscriminator(ndf=8, nc=1, image_size=8)
+        Ds.load_state_dict(D.state_dict())
+        with torch.no_grad():
+            Ds.main[-1].weight.mul_(scale)
+        save_net(Ds, tmp_path / f"{name}.pt")
+    common = ["--generator", tmp_path / "g.pt", "--n", 8, "--batch-size", 5, "--steps", 4,
+              "--step-size", 0.1, "--mala", "--no-progress"]
+    out = {}
+    for name in ("d", "d3"):
+        for cal in (False, True):
+            extra = ["--calibrate", "--data", "digits", "--calibrate-n", 100] if cal else []
+            argv = common + ["--discriminator", tmp_path / f"{name}.pt", "--out", tmp_path / f"{name}{cal}.npz"]
+            assert _cli_ddls(argv + extra) == 0
+            out[name, cal] = np.load(tmp_path / f"{name}{cal}.npz")
+    printed = capsys.readouterr().out
+    assert "calibration on 100 real (digits test split) vs 100 generated" in printed
+    assert "log_loss" in printed and "before" in printed and "after" in printed
+    a, a3 = float(out["d", True]["calibration_a"]), float(out["d3", True]["calibration_a"])
+    assert a3 == pytest.approx(a / 3, rel=2e-3) and abs(a) > 0.1      # (up to the fit's tiny ridge)
+    assert float(out["d3", True]["calibration_b"]) == pytest.approx(float(out["d", True]["calibration_b"]),
+                                                                  rel=2e-3, abs=1e-4)
+    np.testing.assert_allclose(out["d", True]["latents"], out["d3", True]["latents"], atol=1e-4)
+    np.testing.assert_allclose(out["d", True]["logit_trace"], out["d3", True]["logit_trace"], atol=1e-3)
+    assert np.abs(out["d", False]["latents"] - out["d3", False]["latents"]).max() > 1e-2
+    assert "calibration_a" not in out["d", False]
+
+    base = common + ["--discriminator", tmp_path / "d.pt", "--out", tmp_path / "e.npz"]
+    with pytest.raises(UsageError, match="--calibrate needs --data"):
+        _cli_ddls(base + ["--calibrate"])
+    with pytest.raises(UsageError, match="with --calibrate only"):
+        _cli_ddls(base + ["--data", "digits"])
+    with pytest.raises(UsageError, match="unknown data 'nope'"):
+        _cli_ddls(base + ["--calibrate", "--data", "nope"])
+    with pytest.raises(UsageError, match="toy set grid25 has 2-d points"):
+        _cli_ddls(base + ["--calibrate", "--data", "grid25"])
+    with pytest.raises(UsageError, match="mnist"):
+        _cli_ddls(base + ["--calibrate", "--data", "mnist", "--data-root", tmp_path / "none"])

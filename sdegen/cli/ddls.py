@@ -5,6 +5,15 @@ float32 ``[N, D]`` for low-dimensional data), ``latents`` (float32 ``[N, latent 
 means ``energy_trace`` and ``logit_trace`` (``[steps + 1]``, step 0 = the plain generator) and, with
 ``--mala``, ``acceptance_rate``. Chain ``i`` draws from its own generator seeded by ``(seed, i)``, so the
 samples do not depend on ``--batch-size``.
+
+``--calibrate --data NAME`` first fits a logistic head ``a d + b`` on held-out real samples against as many
+generated ones (Che et al. 2020; :func:`sdegen.ddls.calibrate_logit`, half of each set kept out of the
+fit), prints the held-out log loss, calibration error and accuracy before and after, and runs DDLS with
+the calibrated logit (the traces then hold it too; ``calibration_a`` and ``calibration_b`` are saved).
+Real samples: the ``--data-split`` (default ``test``) of an image set of ``sdegen.data`` (scaled to
+[-1, 1] and resized to the generator's size, as the GAN was trained), or fresh draws of a 2-D toy set;
+at most ``--calibrate-n`` of them, picked at random. The generated ones come from the latents of chains
+``n, n + 1, ...`` of the seed scheme, so they are never the sampled chains' starts.
 """
 from __future__ import annotations
 
@@ -49,6 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", help="PNG of the first 64 samples (scatter plot for 2-D data)")
     parser.add_argument("--plot", help="PNG of mean energy and mean logit along the chain "
                                        "(default: next to --out, <out>_chain.png)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit a d + b on held-out real (--data) vs generated samples and run DDLS "
+                             "with the calibrated logit (Che et al. 2020)")
+    parser.add_argument("--data", help="real samples for --calibrate: an image set (digits, mnist, cifar10, "
+                                       "folder) or a 2-D toy set (grid25, ring8, ...)")
+    parser.add_argument("--data-root", help="folder of the --data image set (not needed for digits)")
+    parser.add_argument("--data-split", default="test", help="split of the --data image set: train, test")
+    parser.add_argument("--calibrate-n", type=positive_int, default=2000,
+                        help="at most this many real samples, and as many generated ones, for --calibrate")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -66,6 +84,57 @@ def _load(args: argparse.Namespace, device):
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"{e} (format {args.format})")
     return G.to(device).eval(), D.to(device).eval()
+
+
+def _real_samples(args: argparse.Namespace, shape: tuple, m: int):
+    """Up to ``m`` real samples of ``--data`` ``[m, *shape]`` (``shape``: the generator's sample shape),
+    scaled as the GAN was trained, and where they came from."""
+    import torch
+
+    from ..data import DATASETS, DataError, get_dataset
+    from ..toy import TOY_SETS, get_toy
+    choice(args.data, list(DATASETS) + list(TOY_SETS), "data")
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.data in TOY_SETS:
+        toy = get_toy(args.data)
+        if shape != (toy.dim,):
+            raise UsageError(f"toy set {args.data} has {toy.dim}-d points; the generator makes {list(shape)}")
+        return toy.sample(m, gen).float(), f"toy set {args.data}"
+    if len(shape) != 3:
+        raise UsageError(f"the generator makes {list(shape)} vectors, not images; give a toy set as --data")
+    choice(args.data_split, ("train", "test"), "data split")
+    try:
+        ds = get_dataset(args.data, args.data_root, split=args.data_split, image_size=shape[-1], centered=True,
+                         grayscale=args.data == "folder" and shape[0] == 1)
+    except (DataError, ValueError) as e:   # DataNotFoundError is a DataError
+        raise UsageError(f"--data {args.data}: {e}")
+    if tuple(ds.shape) != shape:
+        raise UsageError(f"{args.data} images are {list(ds.shape)}; the generator makes {list(shape)}")
+    idx = torch.randperm(len(ds), generator=gen)[:m]
+    return torch.stack([ds[int(i)] for i in idx]), f"{args.data} {args.data_split} split"
+
+
+def _calibrate(args: argparse.Namespace, G, D, prior, shape: tuple, device):
+    """``(calibrated logit, Calibration)``: ``a d + b`` fitted on real (``--data``) vs generated samples."""
+    import torch
+
+    from .. import noise
+    from ..ddls import calibrate_logit
+    real, where = _real_samples(args, shape, args.calibrate_n)
+    if len(real) < 8:
+        raise UsageError(f"--calibrate needs at least 8 real samples; {args.data} gave {len(real)}")
+    fake = []
+    for start in range(0, len(real), args.batch_size):   # latents of chains n, n+1, ...: not the sampled ones
+        idx = range(args.n + start, args.n + min(len(real), start + args.batch_size))
+        with torch.no_grad():
+            fake.append(G(prior.sample(len(idx), noise.per_sample_generators(args.seed, idx)).to(device)).cpu())
+    cal = calibrate_logit(D, real.to(device), torch.cat(fake).to(device), batch_size=args.batch_size,
+                          generator=torch.Generator().manual_seed(args.seed))
+    print(f"calibration on {len(real)} real ({where}) vs {len(real)} generated samples: "
+          f"a = {cal.a:.4f}, b = {cal.b:.4f}")
+    for key in ("log_loss", "ece", "accuracy"):
+        print(f"  held-out {key:<8} before {cal.before[key]:.4f}  after {cal.after[key]:.4f}")
+    return cal.logit, cal
 
 
 def _plot_chain(energy, logit, path: Path, title: str) -> None:
@@ -95,15 +164,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise UsageError(f"--out must end in .npz, got {args.out}")
+    if args.calibrate and args.data is None:
+        raise UsageError("--calibrate needs --data: the real samples to calibrate the logit on")
+    if args.data is not None and not args.calibrate:
+        raise UsageError("--data is used with --calibrate only")
     device = pick_device(args.device)
     G, D = _load(args, device)
     prior = StandardNormal(G.latent_shape)
     energy = latent_energy(G, D, prior)
     with torch.no_grad(), eval_mode(G, D):
         try:
-            energy(prior.sample(1, torch.Generator().manual_seed(0)).to(device))
+            z = prior.sample(1, torch.Generator().manual_seed(0)).to(device)
+            energy(z)
         except RuntimeError as e:
             raise UsageError(f"the discriminator does not take the generator's samples: {str(e).splitlines()[0]}")
+        shape = tuple(G(z).shape[1:])
+    logit, cal = (D, None) if not args.calibrate else _calibrate(args, G, D, prior, shape, device)
+    energy = latent_energy(G, logit, prior)
 
     trace_e = torch.zeros(args.steps + 1, dtype=torch.float64, device=device)
     trace_d = torch.zeros_like(trace_e)
@@ -125,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             e0 = energy(z0)
         trace_e[0] += e0.sum()
         trace_d[0] += (-e0 - prior.log_prob(z0)).sum()
-        res = ddls(G, D, z0, step_size=args.step_size, n_steps=args.steps, mala=args.mala, rng=gens,
+        res = ddls(G, logit, z0, step_size=args.step_size, n_steps=args.steps, mala=args.mala, rng=gens,
                    callback=record)
         samples.append(to_uint8_images(res.x) if res.x.dim() == 4 else res.x.float().cpu())
         latents.append(res.z.reshape(len(idx), -1).float().cpu())
@@ -139,10 +216,12 @@ def run(args: argparse.Namespace) -> int:
     rate = n_accepted / (args.n * args.steps) if args.mala and args.steps else None
     if rate is not None:
         arrays["acceptance_rate"] = np.float64(rate)
+    if cal is not None:
+        arrays["calibration_a"], arrays["calibration_b"] = np.float64(cal.a), np.float64(cal.b)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
-    title = (f"DDLS{' (MALA)' if args.mala else ''}: {args.steps} steps, e = {args.step_size}, "
-             f"n = {args.n}")
+    title = (f"DDLS{' (MALA)' if args.mala else ''}{', calibrated logit' if cal is not None else ''}: "
+             f"{args.steps} steps, e = {args.step_size}, n = {args.n}")
     if args.grid:
         save_samples_png(x, args.grid, title=title)
     plot = Path(args.plot) if args.plot else out.with_name(out.stem + "_chain.png")
