@@ -8,6 +8,7 @@ from .toy import GaussianMixture, get_toy
 from .langevin import langevin, langevin_step
 from .score import CountingScore, score_fn_from_model
 from .sampling import CORRECTORS, PREDICTORS, sample, sample_ode
+from .solvers import SOLVERS, solve
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import dsm_loss, ddpm_loss, get_loss, smld_loss
 from .nets import PRESETS, build_network, load_score_sde_checkpoint
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDE", "VESDE", "VPSDE", "SubVPSDE", "get_sde", "GaussianMixture", "get_toy", "langevin", "langevin_step",
-    "CountingScore", "score_fn_from_model", "PREDICTORS", "CORRECTORS", "sample", "sample_ode",
+    "CountingScore", "score_fn_from_model", "PREDICTORS", "CORRECTORS", "sample", "sample_ode", "SOLVERS", "solve",
     "log_likelihood", "bits_per_dim", "dsm_loss", "smld_loss", "ddpm_loss", "get_loss", "PRESETS",
     "build_network", "load_score_sde_checkpoint", "get_dataset",
 ]

@@ -1,0 +1,264 @@
+"""sdegen.solvers: convergence orders against the exact probability-flow map of a Gaussian, exact NFE
+accounting, determinism and per-sample seeding, moments of the stochastic samplers, input checks."""
+import math
+
+import pytest
+import torch
+
+from sdegen import solvers, toy
+from sdegen.noise import per_sample_generators
+from sdegen.score import CountingScore
+from sdegen.sde import SubVPSDE, VESDE, VPSDE
+from sdegen.solvers import SOLVERS, sigma_of_t, solve, t_of_sigma, time_grid
+
+EPS = 1e-3
+MU = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+C = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)  # per-dimension data std
+GAUSS = toy.GaussianMixture(MU[None], torch.diag(C ** 2)[None])
+
+
+def coeffs(sde, t):
+    a, s = sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))
+    return a.item(), s.item()
+
+
+def exact_flow(sde, x_T, eps=EPS):
+    """The probability-flow ODE map from T to eps for data N(MU, diag(C^2)).
+
+    With x_hat = x / a and sigma = s / a, x_hat_sigma ~ N(MU, C^2 + sigma^2) and the ODE
+    d x_hat / d sigma = (x_hat - D) / sigma with D = MU + C^2 / (C^2 + sigma^2) (x_hat - MU) gives
+    d (x_hat - MU) / d sigma = sigma / (C^2 + sigma^2) (x_hat - MU), so x_hat - MU grows like
+    sqrt(C^2 + sigma^2): x_eps = a_eps [MU + sqrt((C^2 + s_eps^2) / (C^2 + s_T^2)) (x_T / a_T - MU)]."""
+    a_T, s_T = coeffs(sde, sde.T)
+    a_e, s_e = coeffs(sde, eps)
+    sig_T, sig_e = s_T / a_T, s_e / a_e
+    return a_e * (MU + torch.sqrt((C ** 2 + sig_e ** 2) / (C ** 2 + sig_T ** 2)) * (x_T / a_T - MU))
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+ALL_SDES = [VPSDE(), VESDE(), SubVPSDE()]
+
+
+# --- time grids and the sigma parametrisation ----------------------------------------------------
+
+@pytest.mark.parametrize("sde", ALL_SDES, ids=lambda s: type(s).__name__)
+def test_t_of_sigma_inverts_sigma_of_t(sde):
+    t = torch.tensor([EPS, 0.01, 0.3, 0.77, 1.0, 1.2], dtype=torch.float64)
+    assert torch.allclose(t_of_sigma(sde, sigma_of_t(sde, t)), t, rtol=0, atol=1e-12)
+
+
+def test_time_grids():
+    sde = VPSDE()
+    for schedule in solvers.SCHEDULES:
+        t = time_grid(sde, 10, schedule, EPS)
+        assert t.shape == (11,) and t[0] == 1.0 and t[-1] == EPS and (t.diff() < 0).all()
+    sig = sigma_of_t(sde, time_grid(sde, 10, "edm", EPS, rho=7.0))
+    root = sig ** (1 / 7)  # EDM eq. 5: sigma^(1/rho) is linear in the step index
+    assert torch.allclose(root.diff(), root.diff()[:1].expand(10), rtol=1e-9)
+    lam = -sigma_of_t(sde, time_grid(sde, 10, "logsnr", EPS)).log()
+    assert torch.allclose(lam.diff(), lam.diff()[:1].expand(10), rtol=1e-9)
+    ve = VESDE()  # sigma(t) is geometric for VE: uniform in t is uniform in log-SNR
+    assert torch.allclose(time_grid(ve, 7, "uniform", EPS), time_grid(ve, 7, "logsnr", EPS), atol=1e-12)
+
+
+@pytest.mark.parametrize("sde", ALL_SDES, ids=lambda s: type(s).__name__)
+def test_denoiser_from_score_is_tweedie(sde):
+    model = solvers._Model(sde, GAUSS.score_fn(sde))
+    xh = torch.randn(5, 3, generator=gen(), dtype=torch.float64) * 3
+    for t in (0.01, 0.2, 0.9):
+        a, s = coeffs(sde, t)
+        sig = s / a
+        eps, den = model(xh, t)
+        assert torch.allclose(den, MU + C ** 2 / (C ** 2 + sig ** 2) * (xh - MU), atol=1e-10)
+        assert torch.allclose(eps, (xh - den) / sig, atol=1e-10)
+
+
+# --- convergence orders on the exact Gaussian flow ----------------------------------------------
+
+CASES = [  # (solver options, steps compared, (low, high) bounds of the observed order)
+    (dict(solver="ddim"), (32, 64), (0.85, 1.3)),
+    (dict(solver="heun"), (32, 64), (1.8, 2.4)),
+    (dict(solver="dpm_solver", order=2), (32, 64), (1.8, 2.4)),
+    (dict(solver="dpm_solver", order=3), (16, 32), (2.7, 6.0)),
+    (dict(solver="dpm_solver_multistep", order=2), (32, 64), (1.8, 2.4)),
+    (dict(solver="dpm_solver_multistep", order=3), (64, 128), (2.6, 3.6)),
+    (dict(solver="dpm_solver_pp_2m"), (32, 64), (1.8, 2.4)),
+    (dict(solver="dpm_solver_multistep", order=3, prediction="data"), (32, 64), (2.6, 3.6)),
+]
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("opts,steps,bounds", CASES, ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_converges_at_its_order(sde, opts, steps, bounds):
+    x_T = sde.prior_sampling((8, 3), gen(), dtype=torch.float64)  # the solvers' first draw
+    ref = exact_flow(sde, x_T)
+    errs = []
+    for k in steps:
+        x = solve(sde, GAUSS.score_fn(sde), (8, 3), steps=k, denoise=False, dtype=torch.float64,
+                  generator=gen(), **opts)
+        errs.append((x - ref).abs().max().item())
+    order = math.log2(errs[0] / errs[1])
+    assert errs[1] < 0.15 and bounds[0] < order < bounds[1], (errs, order)
+
+
+@pytest.mark.parametrize("solver", ["heun", "ddim", "dpm_solver"])
+def test_denoise_is_tweedie_at_eps(solver):
+    sde = VPSDE()
+    kw = dict(solver=solver, steps=20, dtype=torch.float64)
+    x_eps = solve(sde, GAUSS.score_fn(sde), (6, 3), denoise=False, generator=gen(), **kw)
+    x_0 = solve(sde, GAUSS.score_fn(sde), (6, 3), denoise=True, generator=gen(), **kw)
+    a, s = coeffs(sde, EPS)
+    tweedie = (x_eps + s * s * GAUSS.score_fn(sde)(x_eps, torch.full((6,), EPS, dtype=torch.float64))) / a
+    assert torch.allclose(x_0, tweedie, atol=1e-10)
+
+
+def test_first_order_methods_coincide():
+    """DDIM(eta=0) = DPM-Solver-1 = multistep order 1 (noise or data): Euler in sigma."""
+    sde = VESDE()
+    score = GAUSS.score_fn(sde)
+
+    def run(**opts):
+        return solve(sde, score, (6, 3), steps=12, dtype=torch.float64, generator=gen(), **opts)
+
+    ref = run(solver="ddim")
+    for opts in (dict(solver="dpm_solver", order=1), dict(solver="dpm_solver_multistep", order=1),
+                 dict(solver="dpm_solver_multistep", order=1, prediction="data")):
+        assert torch.allclose(run(**opts), ref, atol=1e-10)
+    assert not torch.allclose(run(solver="heun"), ref, atol=1e-3)
+    assert torch.equal(run(solver="dpm_solver_pp_2m"),
+                       run(solver="dpm_solver_multistep", order=2, prediction="data"))
+
+
+# --- NFE accounting -----------------------------------------------------------------------------
+
+FIXED = [dict(solver="heun"), dict(solver="heun", s_churn=5.0), dict(solver="ddim", eta=0.5),
+         dict(solver="dpm_solver", order=1), dict(solver="dpm_solver", order=2),
+         dict(solver="dpm_solver", order=3), dict(solver="dpm_solver_multistep", order=3),
+         dict(solver="dpm_solver_pp_2m")]
+
+
+@pytest.mark.parametrize("opts", FIXED, ids=str)
+@pytest.mark.parametrize("denoise", [True, False])
+def test_uses_exactly_the_nfe_budget(opts, denoise):
+    sde, mix = VPSDE(), toy.gauss3()
+    for nfe in (2, 3, 4, 5, 10, 20, 35):
+        score, info = CountingScore(mix.score_fn(sde)), {}
+        solve(sde, score, (4, 2), nfe=nfe, denoise=denoise, generator=gen(), info=info, **opts)
+        assert score.nfe == info["nfe"] == nfe and score.n_scored == 4 * nfe
+
+
+@pytest.mark.parametrize("opts,per_step", [(dict(solver="heun"), 2), (dict(solver="ddim"), 1),
+                                           (dict(solver="dpm_solver", order=3), 3),
+                                           (dict(solver="dpm_solver_multistep", order=2), 1)], ids=str)
+def test_steps_map_to_nfe(opts, per_step):
+    sde, mix = VESDE(), toy.gauss3()
+    for denoise in (True, False):
+        score = CountingScore(mix.score_fn(sde))
+        solve(sde, score, (4, 2), steps=7, denoise=denoise, generator=gen(), **opts)
+        assert score.nfe == per_step * 7 + int(denoise)
+
+
+def test_adaptive_reports_its_nfe():
+    sde, mix = VPSDE(), toy.gauss3()
+    score, info = CountingScore(mix.score_fn(sde)), {}
+    solve(sde, score, (16, 2), solver="adaptive_sde", rtol=0.05, generator=gen(), info=info)
+    assert score.nfe == info["nfe"] and info["nfe"] % 2 == 1        # 2 per iteration + denoising
+    assert score.n_scored / 16 == pytest.approx(info["nfe_per_sample"])
+    assert info["nfe_per_sample"] == pytest.approx(2 * (info["accepted"] + info["rejected"]) + 1)
+    looser = {}
+    solve(sde, mix.score_fn(sde), (16, 2), solver="adaptive_sde", rtol=0.2, generator=gen(), info=looser)
+    assert looser["nfe_per_sample"] < info["nfe_per_sample"]       # the tolerance is the knob
+
+
+# --- determinism and generators -------------------------------------------------------------------
+
+STOCHASTIC = [dict(solver="heun", nfe=15, s_churn=20.0), dict(solver="ddim", nfe=10, eta=1.0),
+              dict(solver="adaptive_sde", rtol=0.05)]
+
+
+@pytest.mark.parametrize("opts", FIXED[:1] + STOCHASTIC, ids=str)
+def test_same_seed_same_samples(opts):
+    sde, mix = VESDE(), toy.gauss3()
+    opts = dict(opts)
+    if "nfe" not in opts and opts["solver"] != "adaptive_sde":
+        opts["nfe"] = 9
+    a = solve(sde, mix.score_fn(sde), (32, 2), generator=gen(3), **opts)
+    b = solve(sde, mix.score_fn(sde), (32, 2), generator=gen(3), **opts)
+    c = solve(sde, mix.score_fn(sde), (32, 2), generator=gen(4), **opts)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("opts", STOCHASTIC, ids=str)
+def test_per_sample_generators_make_samples_batch_independent(opts):
+    sde, mix = VPSDE(), toy.gauss3()
+    batch = solve(sde, mix.score_fn(sde), (3, 2), generator=per_sample_generators(7, range(3)), **opts)
+    alone = solve(sde, mix.score_fn(sde), (1, 2), generator=per_sample_generators(7, [2]), **opts)
+    assert torch.allclose(batch[2:], alone, atol=1e-5)
+
+
+def test_runs_without_autograd():
+    sde, mix = VPSDE(), toy.gauss3()
+
+    def score(x, t):
+        assert not torch.is_grad_enabled()
+        return mix.score_fn(sde)(x, t)
+
+    for name in SOLVERS:
+        kw = {} if name == "adaptive_sde" else dict(nfe=4)
+        solve(sde, score, (4, 2), solver=name, generator=gen(), **kw)
+
+
+# --- the stochastic samplers hit the target moments ----------------------------------------------
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("opts", [dict(solver="heun", nfe=151, s_churn=10.0, s_tmin=0.05, s_tmax=50.0),
+                                  dict(solver="ddim", nfe=200, eta=1.0)], ids=str)
+def test_stochastic_samplers_match_mixture_moments(sde, opts):
+    mix = toy.gauss3()
+    x = solve(sde, mix.score_fn(sde), (2000, 2), generator=gen(1), **opts)
+    rep = mix.moment_report(x)
+    assert max(rep["weights_z"], rep["means_z"], rep["covs_z"]) < 5.0, rep
+
+
+def test_adaptive_sde_matches_mixture_moments_in_16d():
+    """In 16-D, where the scaled error norm averages over many coordinates; in 2-D, redrawing the
+    Brownian increment after a rejection biases the spread (see the solver's notes)."""
+    sde, mix = VPSDE(), toy.gmm16d()
+    x = solve(sde, mix.score_fn(sde), (1500, 16), solver="adaptive_sde", rtol=0.005, generator=gen(1))
+    rep = mix.moment_report(x)
+    assert max(rep["weights_z"], rep["means_z"], rep["covs_z"]) < 5.0, rep
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(solver="rk4", nfe=5), "unknown solver"),
+    (dict(solver="heun", nfe=5, steps=3), "not both"),
+    (dict(solver="heun"), "give nfe"),
+    (dict(solver="heun", nfe=1), "nfe must be an integer >= 2"),
+    (dict(solver="ddim", steps=0), "steps must be an integer"),
+    (dict(solver="heun", nfe=5, schedule="cosine"), "unknown schedule"),
+    (dict(solver="dpm_solver", nfe=5, order=4), "order must be one of"),
+    (dict(solver="dpm_solver_multistep", nfe=5, prediction="v"), "unknown prediction"),
+    (dict(solver="ddim", nfe=5, eta=1.5), "eta must be in"),
+    (dict(solver="heun", nfe=5, s_churn=-1.0), "s_churn >= 0"),
+    (dict(solver="adaptive_sde", nfe=20), "does not take \\['nfe'\\]"),
+    (dict(solver="adaptive_sde", rtol=0.0), "rtol > 0"),
+    (dict(solver="dpm_solver_pp_2m", nfe=5, order=3), "does not take \\['order'\\]"),
+    (dict(solver="heun", nfe=5, s_churm=1.0), "does not take \\['s_churm'\\]"),
+    (dict(solver="heun", nfe=5, eps=0.0), "eps must be in"),
+])
+def test_bad_input_is_a_clear_value_error(kwargs, match):
+    sde = VPSDE()
+    with pytest.raises(ValueError, match=match):
+        solve(sde, toy.gauss3().score_fn(sde), (4, 2), **kwargs)
+
+
+def test_wrong_number_of_generators():
+    sde = VPSDE()
+    with pytest.raises(ValueError, match="per-sample generators"):
+        solve(sde, toy.gauss3().score_fn(sde), (4, 2), solver="ddim", nfe=5,
+              generator=per_sample_generators(0, range(3)))
