@@ -13,7 +13,12 @@ import sys
 from .common import UsageError
 
 COMMANDS = {
+    "quickstart": "sdegen.cli.quickstart",
+    "train": "sdegen.cli.train",
+    "sample": "sdegen.cli.sample",
     "toy": "sdegen.cli.toy",
+    "likelihood": "sdegen.cli.likelihood",
+    "table": "sdegen.cli.table",
     "fid": "sdegen.cli.fid",
     "fid-stats": "sdegen.cli.fid_stats",
     "gan": "sdegen.cli.gan",
