@@ -14,8 +14,13 @@ SHARED = ROOT.parent / "shared"
 
 @pytest.fixture(autouse=True)
 def _fixed_threads():
-    # the suite runs on 2 cores; one thread per test keeps timings stable and results deterministic
+    # the suite runs on 2 cores; one torch and BLAS thread per test keeps timings stable (contended BLAS
+    # threads make large eigenproblems many times slower) and results deterministic
+    from threadpoolctl import threadpool_limits
+
     n = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("SDEGEN_TEST_THREADS", "1")))
-    yield
+    k = int(os.environ.get("SDEGEN_TEST_THREADS", "1"))
+    torch.set_num_threads(k)
+    with threadpool_limits(k):
+        yield
     torch.set_num_threads(n)

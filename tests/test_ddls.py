@@ -13,12 +13,6 @@ from sdegen.nets.gan_mlp import MLPDiscriminator, MLPGenerator
 from sdegen.toy import GaussianMixture
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- energy ------------------------------------------------------------------------------------

@@ -18,20 +18,12 @@ TRAIN = ["training.batch_size=16", "training.tensorboard=false", "training.sampl
 
 
 def _main(argv):
-    """``sdegen ARGV`` with the evaluation commands registered."""
-    saved = dict(cli.COMMANDS)
-    cli.COMMANDS.update({"likelihood": "sdegen.cli.likelihood", "table": "sdegen.cli.table"})
-    try:
-        return cli.main(argv)
-    finally:
-        cli.COMMANDS.clear()
-        cli.COMMANDS.update(saved)
+    return cli.main(argv)
 
 
 def _train(workdir, preset, overrides):
     from sdegen.train import load_config, train
 
-    torch.set_num_threads(1)
     train(load_config(preset, TRAIN + overrides), workdir, progress=False, verbose=False)
     return str(workdir)
 

@@ -18,15 +18,6 @@ from sdegen.metrics.fd_digits import digits_stats, fd_digits, load_digits_split
 from sdegen.metrics.frechet import load_stats, save_stats
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    from threadpoolctl import threadpool_limits
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(autouse=True)

@@ -17,12 +17,6 @@ from sdegen.nets.gan_mlp import MLPDiscriminator, MLPGenerator
 from sdegen.toy import get_toy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 SMALL = dict(data="gauss3", hidden=32, depth=2, batch_size=64, lr=1e-3, log_every=10, sample_every=0)

@@ -19,16 +19,6 @@ from sdegen.metrics.lowdim import mmd_rbf, mode_stats, sliced_wasserstein
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Large eigenproblems run much faster on one BLAS thread than on contended ones."""
-    from threadpoolctl import threadpool_limits
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)
 
 
 def random_cov(d, n, seed):

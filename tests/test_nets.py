@@ -28,13 +28,6 @@ MANIFESTS = {  # full-size manifest -> preset
 CIFAR10 = {"image_size": 32, "num_channels": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks run fastest on one thread (and several threads fight on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _vector(name: str) -> tuple[dict, dict]:

@@ -24,12 +24,6 @@ from sdegen.train.runs import build
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TOY = {"data": {"name": "gauss3"},

@@ -14,17 +14,6 @@ from sdegen.train.config import to_yaml
 from test_train import TOY, _merge
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _setup():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("train", "sample", "quickstart"):   # whether or not the package registers them yet
-            mp.setitem(cli.COMMANDS, name, f"sdegen.cli.{name}")
-        yield
-    torch.set_num_threads(n)
-
-
 def sdegen(capsys, *argv):
     """Run the CLI; return (exit status, stdout, stderr)."""
     try:
