@@ -136,12 +136,12 @@ class ReverseSDE:
 
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         drift, diffusion = self.forward.sde(x, t)
-        drift = drift - bcast(diffusion ** 2, x) * self.score_fn(x, t) * self._coef()
+        drift = drift - bcast(diffusion ** 2 * self._coef(), x) * self.score_fn(x, t)
         return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f, G = self.forward.discretize(x, t)
-        rev_f = f - bcast(G ** 2, x) * self.score_fn(x, t) * self._coef()
+        rev_f = f - bcast(G ** 2 * self._coef(), x) * self.score_fn(x, t)
         return rev_f, torch.zeros_like(G) if self.probability_flow else G
 
 

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/quickstart", help="run folder")
     parser.add_argument("--config", default="digits_vp", help="the preset (or YAML file) to train")
     parser.add_argument("--minutes", type=positive_float, default=3.0, help="training time (wall clock)")
-    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads for torch")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="CPU threads for torch (the tiny network gains little from more, and several threads "
+                             "slow down badly when other work shares the cores)")
     parser.add_argument("--n", type=positive_int, default=500,
                         help="number of samples (the grid shows the first 100; FD-digits uses all)")
     parser.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the config's)")
