@@ -21,30 +21,26 @@ def _check_batch(generator: Sequence[torch.Generator], shape: Sequence[int]) -> 
                          "pass one generator per sample, or a single torch.Generator")
 
 
-def randn(shape: Sequence[int], generator: Generator = None, *, device=None,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal tensor of ``shape`` drawn from ``generator`` (see module doc)."""
+def _draw(sampler, shape: Sequence[int], generator: Generator, device, dtype: torch.dtype) -> torch.Tensor:
     shape = tuple(shape)
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = generator.device if generator is not None else device
-        z = torch.randn(shape, generator=generator, device=gen_device, dtype=dtype)
-        return z.to(device) if device is not None else z
+        out = sampler(shape, generator=generator, device=gen_device, dtype=dtype)
+        return out.to(device) if device is not None else out
     _check_batch(generator, shape)
-    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype)
-                        for g in generator]).to(device)
+    return torch.stack([sampler(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(device)
+
+
+def randn(shape: Sequence[int], generator: Generator = None, *, device=None,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal tensor of ``shape`` drawn from ``generator`` (see module doc)."""
+    return _draw(torch.randn, shape, generator, device, dtype)
 
 
 def rand(shape: Sequence[int], generator: Generator = None, *, device=None,
          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Uniform [0, 1) tensor of ``shape`` drawn from ``generator`` (see module doc)."""
-    shape = tuple(shape)
-    if generator is None or isinstance(generator, torch.Generator):
-        gen_device = generator.device if generator is not None else device
-        u = torch.rand(shape, generator=generator, device=gen_device, dtype=dtype)
-        return u.to(device) if device is not None else u
-    _check_batch(generator, shape)
-    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype)
-                        for g in generator]).to(device)
+    return _draw(torch.rand, shape, generator, device, dtype)
 
 
 def randn_like(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
