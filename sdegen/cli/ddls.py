@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UsageError, choice, pick_device, positive_float, positive_int
+from .common import UsageError, choice, non_negative_int, pick_device, positive_float, positive_int
 
 HELP = "sample a GAN by Discriminator Driven Latent Sampling (Langevin in latent space); write .npz"
 
@@ -31,16 +31,6 @@ FORMATS = {
 }
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", required=True, help="generator weights file")
     parser.add_argument("--discriminator", required=True, help="discriminator weights file")
@@ -48,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights format: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
     parser.add_argument("--n", type=positive_int, default=50000, help="number of samples")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="chains run at once")
-    parser.add_argument("--steps", type=_non_negative_int, default=100,
+    parser.add_argument("--steps", type=non_negative_int, default=100,
                         help="Langevin steps (0: samples of the plain generator)")
     parser.add_argument("--step-size", type=positive_float, default=0.01,
                         help="e of Che et al. 2020, Algorithm 1: z' = z - (e/2) grad E(z) + sqrt(e) n")
