@@ -7,7 +7,7 @@ from .sde import SDE, SubVPSDE, VESDE, VPSDE, get_sde
 from .toy import GaussianMixture, get_toy
 from .langevin import langevin, langevin_step
 from .score import CountingScore, score_fn_from_model
-from .sampling import CORRECTORS, PREDICTORS, sample, sample_ode
+from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, generate, sample, sample_ode, sampler_defaults
 from .solvers import SOLVERS, solve
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import dsm_loss, ddpm_loss, get_loss, smld_loss
@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDE", "VESDE", "VPSDE", "SubVPSDE", "get_sde", "GaussianMixture", "get_toy", "langevin", "langevin_step",
-    "CountingScore", "score_fn_from_model", "PREDICTORS", "CORRECTORS", "sample", "sample_ode", "SOLVERS", "solve",
+    "CountingScore", "score_fn_from_model", "PREDICTORS", "CORRECTORS", "SAMPLERS", "generate", "sampler_defaults",
+    "sample", "sample_ode", "SOLVERS", "solve",
     "log_likelihood", "bits_per_dim", "dsm_loss", "smld_loss", "ddpm_loss", "get_loss", "PRESETS",
     "build_network", "load_score_sde_checkpoint", "get_dataset",
 ]

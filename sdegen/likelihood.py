@@ -12,8 +12,9 @@ import math
 import torch
 
 from . import noise
+from .contract import Observed
 from .sde import SDE
-from .sampling import _ode_options
+from .sampling import ode_options
 from .score import ScoreFn
 
 PROBES = ("rademacher", "gaussian")
@@ -43,7 +44,8 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, exact_diverg
         raise ValueError(f"n_probes must be >= 1, got {n_probes}")
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
-    flow = sde.reverse(score_fn, probability_flow=True)
+    # a non-finite score is reported before the ODE solver shrinks its step to nothing ("underflow in dt")
+    flow = sde.reverse(Observed(score_fn, check_values=True), probability_flow=True)
     batch, dims = x.shape[0], x[0].numel()
     v = None if exact_divergence else _probes(x, n_probes, probe, generator)
 
@@ -62,12 +64,15 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, exact_diverg
                     (vjp,) = torch.autograd.grad(drift, y, v[k], retain_graph=k + 1 < n_probes)
                     div = div + (vjp * v[k]).reshape(batch, -1).sum(-1)
                 div = div / n_probes
+        if not torch.isfinite(div).all():
+            raise FloatingPointError(f"the divergence of the probability-flow drift is not finite at "
+                                     f"t={float(t):.6g}; check the score function")
         return drift.detach(), div.detach()
 
     span = torch.tensor([eps, sde.T], device=x.device, dtype=torch.float64)
     state0 = (x.detach(), torch.zeros(batch, device=x.device, dtype=x.dtype))
     xs, delta = odeint(dynamics, state0, span, rtol=rtol, atol=atol, method=method,
-                       options=_ode_options(method, span, None))
+                       options=ode_options(method, span, None))
     z, delta = xs[-1], delta[-1]
     return sde.prior_logp(z) + delta
 

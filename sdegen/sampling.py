@@ -1,20 +1,26 @@
-"""Samplers of Song et al. 2021: predictors, correctors, the PC loop, and the probability-flow ODE.
+"""The sampler contract (:data:`SAMPLERS`, :func:`generate`) and the samplers of Song et al. 2021:
+predictors, correctors, the PC loop, and the probability-flow ODE.
 
-Every sampler is a function over ``(sde, score_fn, ...)``. A predictor step maps ``x`` at time ``t`` one
-step of ``dt = T/N`` down and returns ``(x, mean)``, ``mean`` being the noise-free part; a corrector
-step runs Langevin MCMC at fixed ``t``. Noise comes from ``generator`` (see :mod:`sdegen.noise`).
+Every sampler is a function over ``(sde, score_fn, shape, ...)`` that honours the contract of
+:mod:`sdegen.contract` (start point ``x_T``, ``callback``, ``step_hook``). A predictor step maps ``x`` at
+time ``t`` one step of ``dt = T/N`` down and returns ``(x, mean)``, ``mean`` being the noise-free part; a
+corrector step runs Langevin MCMC at fixed ``t``. Noise comes from ``generator`` (see :mod:`sdegen.noise`).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from . import noise
+from .contract import (Callback, Observed, StepHook, Steps, check_common, check_finite, check_options,
+                       sampler_options, start_point)
 from .langevin import langevin_step
-from .sde import SDE, bcast
 from .score import ScoreFn
+from .sde import SDE, bcast
+from .solvers import SOLVERS
 
 # --- predictors: (sde, score_fn, x, t, z) -> (x, mean) -------------------------------------------
 
@@ -60,7 +66,7 @@ def langevin_corrector(sde: SDE, score_fn: ScoreFn, x, t, snr: float, n_steps: i
     ``snr_norm="batch"`` takes both norms as batch means, as the official code does: stable in any
     dimension. ``"sample"`` takes them per sample, so a sample does not depend on the batch it is drawn
     in; this needs high-dimensional data, where the norms concentrate (in 2-D a sample whose score is
-    near zero gets a huge step)."""
+    near zero gets a huge step). See :func:`sample` for the default."""
     alpha = sde.langevin_alpha(t.to(x))
     mean = x
     for _ in range(n_steps):
@@ -104,39 +110,10 @@ def _lookup(name, registry, what):
     return registry[name]
 
 
-def _checked(score_fn: ScoreFn) -> ScoreFn:
-    """Check, on the first call, that the score has the shape of ``x``."""
-    first = [True]
-
-    def wrapped(x, t):
-        s = score_fn(x, t)
-        if first[0]:
-            if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-                got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-                raise ValueError(f"score_fn returned {got} for x of shape {tuple(x.shape)}; "
-                                 "it must return a tensor shaped like x")
-            first[0] = False
-        return s
-
-    return wrapped
-
-
-def _check_common(shape, eps, sde, generator):
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an sdegen SDE (VESDE, VPSDE, SubVPSDE), got {type(sde).__name__}")
-    if len(shape) < 2 or any(int(s) < 1 for s in shape):
-        raise ValueError(f"shape must be [batch, ...] with positive sizes, got {tuple(shape)}")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
-    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != shape[0]:
-        raise ValueError(f"got {len(generator)} per-sample generators for a batch of {shape[0]}")
-
-
-def _check_finite(x: torch.Tensor, step: int, t: float, what: str) -> None:
-    # a NaN or inf anywhere makes the sum non-finite: one reduction, the exact test only if the sum overflowed
-    if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
-        raise FloatingPointError(f"samples became non-finite in the {what} at step {step} (t={t:.6g}); "
-                                 "check the score function, or use more steps / a smaller snr")
+def _device(device, generator, x_T):
+    if device is not None:
+        return device
+    return x_T.device if x_T is not None else noise.generator_device(generator, "cpu")
 
 
 @torch.no_grad()
@@ -144,8 +121,8 @@ def sample(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *,
            predictor: Optional[str] = "reverse_diffusion", corrector: Optional[str] = "langevin",
            snr: float = 0.16, n_corrector_steps: int = 1, steps: Optional[int] = None, eps: float = 1e-3,
            denoise: bool = True, order: str = "predictor_first", snr_norm: str = "batch",
-           generator: noise.Generator = None,
-           device=None, progress: bool = False, callback: Optional[Callable[[dict], None]] = None
+           generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None, device=None,
+           progress: bool = False, callback: Optional[Callback] = None, step_hook: Optional[StepHook] = None
            ) -> torch.Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3), ``steps`` steps from ``T`` to ``eps``.
 
@@ -158,14 +135,17 @@ def sample(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *,
         snr: signal-to-noise ratio ``r`` of the corrector; ``n_corrector_steps``: ``M`` per noise level.
         order: ``"predictor_first"`` (Algorithms 2-3: predict to the next level, then correct there) or
             ``"corrector_first"`` (the official code: correct at the current level, then predict).
-        snr_norm: ``"batch"`` or ``"sample"``: how the Langevin corrector takes its norms (see
-            :func:`langevin_corrector`); ``"sample"`` with per-sample generators makes every sample
-            independent of the batch.
+        snr_norm: how the Langevin corrector takes its norms (:func:`langevin_corrector`). The default
+            ``"batch"`` (batch means, as the official code) is the one that is right in every dimension:
+            per-sample norms (``"sample"``) give a huge step to a low-dimensional sample whose score is
+            near zero. ``"sample"`` with per-sample generators makes an image sample independent of its
+            batch, which is what large sampling jobs want; the image presets choose it in their config.
         denoise: return the noise-free mean of the last predictor step at ``t = eps`` (Tweedie denoising).
-        generator: a ``torch.Generator``, or one per sample for batch-independent samples.
-        callback: called after each step with ``{"i", "t", "x", "mean"}``.
+        generator, x_T, callback, step_hook: the sampler contract (:mod:`sdegen.contract`); the corrector
+            steps are steps too (``i`` of the level they belong to).
+        progress: show a progress bar over the steps.
 
-    Returns: samples ``[batch, ...]`` on ``device`` (default: the generator's, else CPU).
+    Returns: samples ``[batch, ...]`` on ``device`` (default: ``x_T``'s, else the generator's, else CPU).
     """
     predict = _lookup(predictor, PREDICTORS, "predictor")
     correct = _lookup(corrector, CORRECTORS, "corrector")
@@ -178,84 +158,157 @@ def sample(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *,
     steps = sde.N if steps is None else steps
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not snr > 0 or n_corrector_steps < 0:
-        raise ValueError(f"snr must be > 0 and n_corrector_steps >= 0, got {snr}, {n_corrector_steps}")
-    _check_common(shape, eps, sde, generator)
+    if not snr > 0 or not isinstance(n_corrector_steps, int) or n_corrector_steps < 0:
+        raise ValueError(f"snr must be > 0 and n_corrector_steps an integer >= 0, got {snr}, {n_corrector_steps}")
+    check_common(sde, shape, eps, generator)
     sde = sde.with_steps(steps)
     if predict is ancestral and not sde.supports_ancestral:
         raise ValueError(f"predictor 'ancestral' is not defined for {type(sde).__name__}; "
                          "use 'reverse_diffusion' or 'euler_maruyama'")
-    device = device if device is not None else noise.generator_device(generator, "cpu")
-    score_fn = _checked(score_fn)
+    device = _device(device, generator, x_T)
+    score_fn = Observed(score_fn)
+    report = Steps(sde, callback, step_hook, score_fn)
 
-    x = sde.prior_sampling(shape, generator, device=device)
+    x = start_point(sde, shape, generator, x_T, device)
     times = torch.linspace(sde.T, eps, steps, dtype=torch.float64).tolist()
     batch = x.shape[0]
 
-    def corrector_at(x, t_val):
+    def corrector_at(x, t_val, i, last):
+        """The corrector's steps at ``t_val``, each one through the hook; the last returns its mean if
+        ``last`` (the sampler's final step) and ``denoise``."""
         t = torch.full((batch,), t_val, device=device)
-        return correct(sde, score_fn, x, t, snr, n_corrector_steps, generator, snr_norm)
+        for k in range(n_corrector_steps):
+            x, mean = correct(sde, score_fn, x, t, snr, 1, generator, snr_norm)
+            check_finite(x, i, t_val, "corrector")
+            x = report.hook(mean if last and denoise and k + 1 == n_corrector_steps else x, t)
+        return x
 
     iterator = range(steps)
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(iterator, desc=f"sampling ({predictor}/{corrector})", leave=False)
-    mean = x
     for i in iterator:
-        t_val = times[i]
+        t_val, last = times[i], i + 1 == steps
+        t_after = t_val
         if correct is not None and (order == "corrector_first" or predict is None):
-            x, mean = corrector_at(x, t_val)
-            _check_finite(x, i, t_val, "corrector")
+            x = corrector_at(x, t_val, i, last and predict is None)
         if predict is not None:
             t = torch.full((batch,), t_val, device=device)
             x, mean = predict(sde, score_fn, x, t, noise.randn_like(x, generator))
-            _check_finite(x, i, t_val, "predictor")
-            if correct is not None and order == "predictor_first" and i + 1 < steps:
-                x, _ = corrector_at(x, times[i + 1])
-                _check_finite(x, i, times[i + 1], "corrector")
-        if callback is not None:
-            callback({"i": i, "t": t_val, "x": x, "mean": mean})
-    return mean if denoise else x
+            check_finite(x, i, t_val, "predictor")
+            t_after = times[i + 1] if not last else max(t_val - sde.T / steps, 0.0)
+            x = report.hook(mean if last and denoise else x, t_after)
+            if correct is not None and order == "predictor_first" and not last:
+                x = corrector_at(x, t_after, i, False)
+        report.report(i, t_after, x)
+    return x
 
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
-def _ode_options(method: str, span: torch.Tensor, options: Optional[dict]) -> Optional[dict]:
-    """Make adaptive torchdiffeq solvers step exactly onto the end time: their stages then never
-    evaluate the score outside ``[eps, T]`` (below 0 the VP marginal std is undefined)."""
+def ode_options(method: str, span: torch.Tensor, options: Optional[dict]) -> Optional[dict]:
+    """torchdiffeq options that make adaptive solvers step exactly onto the end time: their stages then
+    never evaluate the score outside ``[eps, T]`` (below 0 the VP marginal std is undefined)."""
     if method in ADAPTIVE_METHODS:
         return {"step_t": span[-1:], **(options or {})}
     return options
 
 
+class _Flow:
+    """The probability-flow drift as torchdiffeq's ``func``, reporting every accepted step: torchdiffeq
+    calls ``callback_step`` at the start of each attempt, so a new start time is an accepted step's end."""
+
+    def __init__(self, flow, report: Steps, t_start: float):
+        self.flow, self.report, self.t_last, self.i = flow, report, t_start, 0
+
+    def __call__(self, t, x):
+        return self.flow.sde(x, t.expand(x.shape[0]).to(x))[0]
+
+    def callback_step(self, t0, y0, dt):
+        if float(t0) != self.t_last:
+            self.end_step(float(t0), y0)
+
+    def end_step(self, t: float, x: torch.Tensor) -> None:
+        self.report.report(self.i, t, x)
+        self.t_last, self.i = t, self.i + 1
+
+
 @torch.no_grad()
 def sample_ode(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: float = 1e-5,
                atol: float = 1e-5, method: str = "dopri5", eps: float = 1e-3, denoise: bool = False,
-               generator: noise.Generator = None, device=None, options: Optional[dict] = None
-               ) -> torch.Tensor:
+               generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None, device=None,
+               options: Optional[dict] = None, callback: Optional[Callback] = None,
+               step_hook: Optional[StepHook] = None) -> torch.Tensor:
     """Sample by integrating the probability-flow ODE ``dx = [f - 1/2 g^2 s] dt`` (Song et al. 2021,
-    eq. 13) from ``T`` to ``eps`` with torchdiffeq's adaptive solver, on the sample's device.
+    eq. 13) from ``T`` to ``eps`` with torchdiffeq's solver ``method`` (adaptive: ``rtol``, ``atol``).
 
-    ``denoise=True`` ends with one noise-free Reverse Diffusion step at ``eps``. Returns ``[batch, ...]``."""
+    ``denoise=True`` ends with one noise-free Reverse Diffusion step at ``eps``. ``callback`` is called
+    after every accepted step (adaptive methods) and after the denoising step. An adaptive solver cannot
+    take a ``step_hook`` (changing the state between steps breaks its error control): giving one is an
+    error. Returns ``[batch, ...]``."""
     from torchdiffeq import odeint
 
-    _check_common(shape, eps, sde, generator)
-    device = device if device is not None else noise.generator_device(generator, "cpu")
-    score_fn = _checked(score_fn)
-    flow = sde.reverse(score_fn, probability_flow=True)
-    x = sde.prior_sampling(shape, generator, device=device)
-
-    def drift(t, x):
-        return flow.sde(x, t.expand(x.shape[0]).to(x))[0]
+    if step_hook is not None:
+        raise ValueError("the probability-flow ODE sampler cannot take a step_hook (an adaptive solver's "
+                         "state must not change between steps); use a fixed-step sampler such as 'pc', "
+                         "'heun' or 'dpm_solver_pp_2m'")
+    check_common(sde, shape, eps, generator)
+    device = _device(device, generator, x_T)
+    score_fn = Observed(score_fn, check_values=True)
+    report = Steps(sde, callback, None, score_fn)
+    flow = _Flow(sde.reverse(score_fn, probability_flow=True), report, sde.T)
+    x = start_point(sde, shape, generator, x_T, device)
 
     span = torch.tensor([sde.T, eps], device=device, dtype=torch.float64)
-    x = odeint(drift, x, span, rtol=rtol, atol=atol, method=method,
-               options=_ode_options(method, span, options))[-1]
+    func = flow if callback is not None and method in ADAPTIVE_METHODS else flow.__call__
+    x = odeint(func, x, span, rtol=rtol, atol=atol, method=method, options=ode_options(method, span, options))[-1]
     if not torch.isfinite(x).all():
         raise FloatingPointError("probability-flow ODE produced non-finite samples; "
                                  "check the score function or lower rtol/atol")
+    flow.end_step(eps, x)
     if denoise:
         _, x = reverse_diffusion(sde, score_fn, x, torch.full((x.shape[0],), eps, device=device),
                                  torch.zeros_like(x))
+        flow.end_step(0.0, x)
     return x
+
+
+# --- the contract: every sampler by name ----------------------------------------------------------------
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"pc": sample, "ode": sample_ode, **SOLVERS}
+
+
+def _sampler(name: str) -> Callable[..., torch.Tensor]:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def sampler_defaults(name: str) -> dict:
+    """The options of sampler ``name`` with their defaults (read from its signature, the one place they
+    are written; the contract's arguments excluded). ``None`` means "required, or chosen at run time"."""
+    return sampler_options(_sampler(name))
+
+
+def generate(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, sampler: str = "pc",
+             generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None, device=None,
+             callback: Optional[Callback] = None, step_hook: Optional[StepHook] = None,
+             **options) -> torch.Tensor:
+    """Draw samples ``[batch, ...]`` of ``shape`` with any sampler of :data:`SAMPLERS`.
+
+    Args:
+        sde: the forward SDE (VE, VP, sub-VP).
+        score_fn: ``(x [B, ...], t [B]) -> score [B, ...]`` (an exact score, a network, a guided score...).
+        sampler: ``"pc"`` (predictor-corrector; ``predictor=``, ``corrector=``), ``"ode"`` (probability
+            flow) or a fast solver (``"heun"``, ``"ddim"``, ``"dpm_solver"``, ``"dpm_solver_multistep"``,
+            ``"dpm_solver_pp_2m"``, ``"adaptive_sde"``).
+        generator: a ``torch.Generator``, or one per sample (:mod:`sdegen.noise`).
+        x_T: the start point at ``t = T`` (default: a draw from the prior).
+        callback, step_hook: see :mod:`sdegen.contract`.
+        options: the sampler's own options; :func:`sampler_defaults` lists them with their defaults.
+    """
+    fn = _sampler(sampler)
+    check_options(sampler, fn, options)
+    return fn(sde, score_fn, shape, generator=generator, x_T=x_T, device=device,
+                             callback=callback, step_hook=step_hook, **options)

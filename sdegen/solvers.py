@@ -31,7 +31,9 @@ solver                        ``steps=K``         ``nfe=n`` (exact budget)
 ``adaptive_sde``              (tolerances)        ``2`` per iteration ``+ d``; see ``info``
 ============================  ==================  =====================================================
 
-Every solver takes ``info``: a dict it fills with ``nfe`` (batched score calls) and ``steps``.
+Every solver takes ``info``: a dict it fills with ``nfe`` (batched score calls) and ``steps``, and
+honours the sampler contract of :mod:`sdegen.contract` (``x_T``, ``callback``, ``step_hook``): the hook
+sees ``x = a(t) x_hat`` in the SDE's coordinates.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import noise
-from .sampling import _check_common, _checked
+from .contract import Callback, Observed, StepHook, Steps, check_common, check_options, start_point
 from .score import ScoreFn
 from .sde import SDE, bcast
 
@@ -113,10 +115,13 @@ def time_grid(sde: SDE, steps: int, schedule: str = "edm", eps: float = 1e-3, rh
 
 
 class _Model:
-    """``score_fn`` seen from ``x_hat = x / a(t)``: returns ``(eps, D)`` at a scalar time ``t``."""
+    """``score_fn`` seen from ``x_hat = x / a(t)``: returns ``(eps, D)`` at a scalar time ``t``; reports
+    steps and applies the step hook (:class:`sdegen.contract.Steps`) in these coordinates."""
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn):
+    def __init__(self, sde: SDE, score_fn: ScoreFn, callback: Optional[Callback] = None,
+                 step_hook: Optional[StepHook] = None):
         self.sde, self.score_fn, self.nfe = sde, score_fn, 0
+        self.steps = Steps(sde, callback, step_hook)
 
     def coeffs(self, t: float) -> tuple[float, float]:
         a, s = self.sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))
@@ -129,13 +134,23 @@ class _Model:
         eps = -s * score                     # eps = -s(t) score (Song et al. 2021, App. C)
         return eps, xh - (s / a) * eps       # D = x_hat - sigma eps (EDM eq. 3, Tweedie)
 
+    def step_done(self, i: int, xh: torch.Tensor, t: float, sigma: float, denoised) -> torch.Tensor:
+        """After step ``i`` to time ``t``: the hook on ``x = a x_hat`` (returned as ``x_hat``), the report."""
+        if self.steps.step_hook is not None:
+            a = self.coeffs(t)[0]
+            xh = self.steps.hook(a * xh, t) / a
+        if self.steps.callback is not None:
+            self.steps.report(i, t, self.coeffs(t)[0] * xh, denoised, sigma)
+        return xh
 
-def _setup(sde, score_fn, shape, eps, generator, device, dtype):
-    """Check the common arguments; draw ``x_T`` from the prior and scale it to ``x_hat``."""
-    _check_common(shape, eps, sde, generator)
-    device = device if device is not None else noise.generator_device(generator, "cpu")
-    model = _Model(sde, _checked(score_fn))
-    x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)
+
+def _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook):
+    """Check the common arguments; take ``x_T`` (default: a draw from the prior), scaled to ``x_hat``."""
+    check_common(sde, shape, eps, generator)
+    if device is None:
+        device = x_T.device if x_T is not None else noise.generator_device(generator, "cpu")
+    model = _Model(sde, Observed(score_fn), callback, step_hook)
+    x = start_point(sde, shape, generator, x_T, device, dtype)
     return x / model.coeffs(sde.T)[0], model
 
 
@@ -182,9 +197,9 @@ def _sigma_grid(sde, n, schedule, eps, rho, denoise):
 def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int] = None,
          steps: Optional[int] = None, schedule: str = "edm", rho: float = 7.0, eps: float = 1e-3,
          denoise: bool = True, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-         s_noise: float = 1.0, generator: noise.Generator = None, device=None,
-         dtype: torch.dtype = torch.float32, callback: Optional[Callable[[dict], None]] = None,
-         info: Optional[dict] = None) -> torch.Tensor:
+         s_noise: float = 1.0, generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None,
+         device=None, dtype: torch.dtype = torch.float32, callback: Optional[Callback] = None,
+         step_hook: Optional[StepHook] = None, info: Optional[dict] = None) -> torch.Tensor:
     """Heun's 2nd-order method on the probability-flow ODE in sigma (Karras et al. 2022, Algorithm 1),
     with EDM's stochastic churn (Algorithm 2) when ``s_churn > 0``.
 
@@ -200,7 +215,7 @@ def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
         raise ValueError(f"need s_churn >= 0, s_noise > 0 and s_tmin <= s_tmax, got s_churn={s_churn}, "
                          f"s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
     t, sig = _sigma_grid(sde, n, schedule, eps, rho, denoise)
-    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype)
+    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook)
     n_int = len(sig) - 1
     gamma = min(s_churn / n_int, math.sqrt(2) - 1)
     churn = [gamma > 0 and s_tmin <= s <= s_tmax for s in sig[:-1]]
@@ -216,9 +231,7 @@ def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
         if s_next > 0 and i >= n_euler:                            # 2nd-order correction (lines 6-8)
             e_next, _ = model(x_next, t[i + 1])
             x_next = xh + (s_next - s_cur) * 0.5 * (e_cur + e_next)
-        xh = x_next
-        if callback is not None:
-            callback({"i": i, "t": t[i + 1], "sigma": s_next, "x": xh, "denoised": den})
+        xh = model.step_done(i, x_next, t[i + 1], s_next, den)
     return _finish(xh, model, eps, denoise, info, n_int, "heun")
 
 
@@ -228,8 +241,9 @@ def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
 @torch.no_grad()
 def ddim(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int] = None,
          steps: Optional[int] = None, eta: float = 0.0, schedule: str = "edm", rho: float = 7.0,
-         eps: float = 1e-3, denoise: bool = True, generator: noise.Generator = None, device=None,
-         dtype: torch.dtype = torch.float32, callback: Optional[Callable[[dict], None]] = None,
+         eps: float = 1e-3, denoise: bool = True, generator: noise.Generator = None,
+         x_T: Optional[torch.Tensor] = None, device=None, dtype: torch.dtype = torch.float32,
+         callback: Optional[Callback] = None, step_hook: Optional[StepHook] = None,
          info: Optional[dict] = None) -> torch.Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12), written for ``x_hat`` with ``sigma = sqrt(1-abar)/sqrt(abar)``:
     ``x_hat' = D + sqrt(sigma'^2 - s_eta^2) eps + s_eta z`` with
@@ -241,7 +255,7 @@ def ddim(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     t, sig = _sigma_grid(sde, n, schedule, eps, rho, denoise)
-    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype)
+    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook)
     for i in range(len(sig) - 1):
         e, den = model(xh, t[i])
         s_next = sig[i + 1]
@@ -249,8 +263,7 @@ def ddim(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
         xh = den + math.sqrt(s_next ** 2 - s_eta ** 2) * e
         if s_eta > 0:
             xh = xh + s_eta * noise.randn_like(xh, generator)
-        if callback is not None:
-            callback({"i": i, "t": t[i + 1], "sigma": s_next, "x": xh, "denoised": den})
+        xh = model.step_done(i, xh, t[i + 1], s_next, den)
     return _finish(xh, model, eps, denoise, info, len(sig) - 1, "ddim")
 
 
@@ -276,9 +289,9 @@ def _check_order(order, allowed=(1, 2, 3)):
 def dpm_solver_singlestep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int] = None,
                           steps: Optional[int] = None, order: int = 3, schedule: str = "edm",
                           rho: float = 7.0, eps: float = 1e-3, denoise: bool = True,
-                          generator: noise.Generator = None, device=None, dtype: torch.dtype = torch.float32,
-                          callback: Optional[Callable[[dict], None]] = None,
-                          info: Optional[dict] = None) -> torch.Tensor:
+                          generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None,
+                          device=None, dtype: torch.dtype = torch.float32, callback: Optional[Callback] = None,
+                          step_hook: Optional[StepHook] = None, info: Optional[dict] = None) -> torch.Tensor:
     """Singlestep DPM-Solver-1/2/3 in noise prediction (Lu et al. 2022, Sec. 3.2 and Algorithms 1-2 with
     ``r1 = 1/2``; ``r1 = 1/3, r2 = 2/3``). ``steps``: that many steps of ``order``; ``nfe``: the
     DPM-Solver-fast mix of orders that spends exactly the budget."""
@@ -291,7 +304,7 @@ def dpm_solver_singlestep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, 
     mids = [[sig[i] ** (1 - r) * sig[i + 1] ** r for r in rs[k]] for i, k in enumerate(orders)]
     flat = [m for ms in mids for m in ms]
     t_flat = iter(t_of_sigma(sde, flat).tolist() if flat else [])
-    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype)
+    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook)
     for i, k in enumerate(orders):
         s_s, s_t = sig[i], sig[i + 1]
         h = math.log(s_s / s_t)                         # h = lambda_t - lambda_s, lambda = -log sigma
@@ -312,10 +325,10 @@ def dpm_solver_singlestep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, 
                   - s_2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * d1)
             d2 = model(u2, next(t_flat))[0] - e_s
             xh = xh - s_t * math.expm1(h) * e_s - (s_t / r2) * (math.expm1(h) / h - 1) * d2
-        if callback is not None:
-            callback({"i": i, "t": t[i + 1], "sigma": s_t, "x": xh, "denoised": den})
+        xh = model.step_done(i, xh, t[i + 1], s_t, den)
     if denoise:
-        xh = model(xh, t[-1])[1]
+        den = model(xh, t[-1])[1]
+        xh = model.step_done(len(orders), den, 0.0, 0.0, den)
     return _finish(xh, model, eps, denoise, info, len(orders) + int(denoise), "dpm_solver")
 
 
@@ -363,8 +376,8 @@ def dpm_solver_multistep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, n
                          steps: Optional[int] = None, order: int = 2, prediction: str = "noise",
                          lower_order_final: bool = True, schedule: str = "edm", rho: float = 7.0,
                          eps: float = 1e-3, denoise: bool = True, generator: noise.Generator = None,
-                         device=None, dtype: torch.dtype = torch.float32,
-                         callback: Optional[Callable[[dict], None]] = None,
+                         x_T: Optional[torch.Tensor] = None, device=None, dtype: torch.dtype = torch.float32,
+                         callback: Optional[Callback] = None, step_hook: Optional[StepHook] = None,
                          info: Optional[dict] = None) -> torch.Tensor:
     """Multistep DPM-Solver (``prediction="noise"``) or DPM-Solver++ (``"data"``) of ``order`` 1-3
     (Lu et al. 2022b, Sec. 4 and Algorithm 2): one evaluation per step, earlier evaluations reused.
@@ -378,7 +391,7 @@ def dpm_solver_multistep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, n
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
     n = _n_steps(nfe, steps, denoise, "dpm_solver_multistep")
     t, sig = _sigma_grid(sde, n, schedule, eps, rho, False)
-    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype)
+    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook)
     hist: list = []
     for i in range(n):
         e, den = model(xh, t[i])
@@ -387,10 +400,10 @@ def dpm_solver_multistep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, n
         if lower_order_final and n + int(denoise) < 15:  # the denoising step is itself a 1st-order last step
             k = min(k, n + int(denoise) - i)
         xh = _multistep_update(xh, hist[-k:], sig[i], sig[i + 1], prediction)
-        if callback is not None:
-            callback({"i": i, "t": t[i + 1], "sigma": sig[i + 1], "x": xh, "denoised": den})
+        xh = model.step_done(i, xh, t[i + 1], sig[i + 1], den)
     if denoise:
-        xh = model(xh, t[-1])[1]
+        den = model(xh, t[-1])[1]
+        xh = model.step_done(n, den, 0.0, 0.0, den)
     return _finish(xh, model, eps, denoise, info, n + int(denoise), "dpm_solver_multistep")
 
 
@@ -403,6 +416,11 @@ def dpm_solver_pp_2m(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], **kwargs
     return dpm_solver_multistep(sde, score_fn, shape, order=2, prediction="data", **kwargs)
 
 
+# its options are dpm_solver_multistep's but the two it fixes (what help() and the contract read)
+dpm_solver_pp_2m.__signature__ = inspect.signature(dpm_solver_multistep).replace(parameters=[
+    p for p in inspect.signature(dpm_solver_multistep).parameters.values() if p.name not in ("order", "prediction")])
+
+
 # --- adaptive reverse-SDE solver ------------------------------------------------------------------
 
 
@@ -410,8 +428,9 @@ def dpm_solver_pp_2m(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], **kwargs
 def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: float = 0.01,
                  atol: float = 0.0078, safety: float = 0.9, exponent: float = 0.9, h_init: float = 0.01,
                  eps: float = 1e-3, denoise: bool = True, max_iters: int = 100_000,
-                 generator: noise.Generator = None, device=None, dtype: torch.dtype = torch.float32,
-                 info: Optional[dict] = None) -> torch.Tensor:
+                 generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None, device=None,
+                 dtype: torch.dtype = torch.float32, callback: Optional[Callback] = None,
+                 step_hook: Optional[StepHook] = None, info: Optional[dict] = None) -> torch.Tensor:
     """Reverse SDE with adaptive steps (Jolicoeur-Martineau et al. 2021, Algorithm 1).
 
     Per sample, from ``t = T``: ``x' = x + K1`` (Euler-Maruyama), ``x'' = x + (K1 + K2) / 2``
@@ -422,15 +441,19 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
     units (the paper's 0.0078 is for data in [-1, 1]). Only samples still running are scored.
 
     ``info`` gets ``nfe`` (batched score calls, 2 per iteration + denoise), ``nfe_per_sample`` (mean
-    evaluations per sample), ``accepted`` and ``rejected`` (mean per sample)."""
+    evaluations per sample), ``accepted`` and ``rejected`` (mean per sample). ``callback`` and
+    ``step_hook`` are called once per iteration with each sample's own time ``t [B]`` (a rejected sample
+    keeps its time), and after the denoising step."""
     if not (rtol > 0 and atol > 0 and 0 < safety <= 1 and exponent > 0 and h_init > 0):
         raise ValueError("adaptive_sde needs rtol > 0, atol > 0, 0 < safety <= 1, exponent > 0, h_init > 0; "
                          f"got rtol={rtol}, atol={atol}, safety={safety}, exponent={exponent}, h_init={h_init}")
-    _check_common(shape, eps, sde, generator)
-    device = device if device is not None else noise.generator_device(generator, "cpu")
-    score_fn = _checked(score_fn)
+    check_common(sde, shape, eps, generator)
+    if device is None:
+        device = x_T.device if x_T is not None else noise.generator_device(generator, "cpu")
+    score_fn = Observed(score_fn)
+    steps = Steps(sde, callback, step_hook, score_fn)
     reverse = sde.reverse(score_fn)
-    x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)
+    x = start_point(sde, shape, generator, x_T, device, dtype)
     B, n_el = x.shape[0], x[0].numel()
     t = torch.full((B,), sde.T, dtype=torch.float64, device=device)
     h = torch.full((B,), min(h_init, sde.T - eps), dtype=torch.float64, device=device)
@@ -468,11 +491,15 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
         h[idx] = torch.minimum((t_new - eps).clamp_min(0.0),
                                safety * ha * err.clamp_min(1e-10) ** -exponent)
         accepted, rejected = accepted + int(ok.sum()), rejected + int((~ok).sum())
+        x = steps.hook(x, t)
+        steps.report(it, t, x)
     if denoise:
         a, s = sde.marginal_coeffs(torch.tensor([eps], dtype=torch.float64))
         a, s = a.item(), s.item()
         x = (x + s * s * score_fn(x, torch.full((B,), eps, device=device, dtype=dtype))) / a  # Tweedie
         calls, scored = calls + 1, scored + B
+        x = steps.hook(x, 0.0)
+        steps.report(it, 0.0, x, x)
     if not torch.isfinite(x).all():
         raise FloatingPointError("adaptive_sde produced non-finite samples; check the score function")
     if info is not None:
@@ -494,7 +521,7 @@ SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
 def solve(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, solver: str, nfe: Optional[int] = None,
           steps: Optional[int] = None, schedule: Optional[str] = None, eps: float = 1e-3,
           generator: noise.Generator = None, device=None, **solver_options) -> torch.Tensor:
-    """Sample with one of :data:`SOLVERS` by name.
+    """Sample with one of :data:`SOLVERS` by name (as :func:`sdegen.generate` does for every sampler).
 
     Args:
         sde: the forward SDE (VE, VP, sub-VP).
@@ -506,21 +533,14 @@ def solve(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, solver: str, nfe
         schedule: ``"edm"`` (default), ``"uniform"`` or ``"logsnr"``; not for ``adaptive_sde``.
         eps: the last time of the grid; generator: see :mod:`sdegen.noise`.
         solver_options: the solver's own keyword arguments (``s_churn``, ``eta``, ``order``,
-            ``prediction``, ``rtol``, ``denoise``, ``dtype``, ``info``, ...).
+            ``prediction``, ``rtol``, ``denoise``, ``dtype``, ``info``, ``x_T``, ``callback``, ...).
 
     Returns: samples ``[batch, ...]``."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    fn = SOLVERS[solver]
     kwargs = dict(solver_options, eps=eps, generator=generator, device=device)
     for key, value in (("nfe", nfe), ("steps", steps), ("schedule", schedule)):
         if value is not None:
             kwargs[key] = value
-    target = dpm_solver_multistep if fn is dpm_solver_pp_2m else fn
-    allowed = set(inspect.signature(target).parameters) - {"sde", "score_fn", "shape"}
-    if fn is dpm_solver_pp_2m:
-        allowed -= {"order", "prediction"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"solver {solver!r} does not take {unknown}; it takes {sorted(allowed)}")
-    return fn(sde, score_fn, shape, **kwargs)
+    check_options(solver, SOLVERS[solver], kwargs)
+    return SOLVERS[solver](sde, score_fn, shape, **kwargs)
