@@ -8,7 +8,7 @@ minutes on CPU, reused from ``--workdir`` when already trained), then draws ``--
 - DDLS (Che et al. 2020, Algorithm 1) and DDLS + MALA with the discriminator's logit ``d``, at several
   step sizes ``e``, read after several step counts of one chain (the state after ``k`` steps of a
   longer chain is the state of a ``k``-step run: same latents, same noise);
-- the same with the calibrated logit ``a d + b`` (:func:`sdegen.ddls.calibrate_logit`, fitted on the
+- the same with the calibrated logit ``a d + b`` (:func:`sdegen.gan.ddls.calibrate_logit`, fitted on the
   297 held-out ``test`` digits against as many generated samples from other latents),
 
 all from the same initial latents and noise seeds. The best setting of each method (picked on those
@@ -34,8 +34,7 @@ import torch
 
 from sdegen import checkpoint
 from sdegen.data import get_dataset
-from sdegen.ddls import calibrate_logit, ddls
-from sdegen.gan import GANConfig, train_gan
+from sdegen.gan import GANConfig, calibrate_logit, ddls, train_gan
 from sdegen.metrics.fd_digits import digits_stats, fd_digits, load_digits_split
 
 RESULTS = Path(__file__).parent / "results"

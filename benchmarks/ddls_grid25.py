@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from sdegen import checkpoint
-from sdegen.ddls import ddls
-from sdegen.gan import GANConfig, train_gan
+from sdegen.gan import GANConfig, ddls, train_gan
 from sdegen.metrics.lowdim import mmd_rbf, mode_stats, sliced_wasserstein
 from sdegen.toy import get_toy
 

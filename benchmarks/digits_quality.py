@@ -1,20 +1,34 @@
-"""FD-digits reached on the 8x8 digits after M minutes of CPU training, VP versus VE.
+"""FD-digits of models of the 8x8 digits against training steps and CPU time, recipe against recipe.
 
-Each preset (default ``digits_vp`` and ``digits_ve``) trains in its own run folder; training pauses at
-each of ``--minutes`` (wall clock of training alone, cumulative), the EMA model draws ``--n`` samples
-with the preset's sampler (seed 0, per-sample seeds) and FD-digits is measured against the 1797 real
-digits. The floor is FD-digits of ``--n`` real digits (the statistic's small-sample bias).
+Each preset (default: ``digits_vp`` and ``digits_ve``, the DSM recipes, and ``digits_edm``, EDM's recipe)
+trains once per seed in its own run folder; training pauses at each of ``--steps`` (cumulative), the EMA
+model draws ``--n`` samples with the preset's sampler (sampling seed = training seed) and FD-digits is
+measured against the 1797 real digits. Each point is the mean and spread (sample std) over the seeds.
 
-Prints a table, writes ``benchmarks/results/digits_quality.json``.
+Time: the CPU time of the training process (``time.process_time``, ``--threads`` 1 by default), which is
+what the same training takes in wall time on an idle core; on a machine shared with other work the wall
+time is longer (also recorded) while the CPU time barely moves. So the figures are read at a number of
+STEPS, and the CPU-minute axis converts them. The real-data figure is FD-digits of ``--n`` real digits
+(drawn with replacement when ``--n`` exceeds the 1797) against all of them, mean and spread over the
+seeds: the metric's small-sample floor. Those real digits are part of the reference, so the figure is
+optimistic: two disjoint halves of the real digits (independent, as model samples are) are also shown.
 
-    PYTHONPATH=. python benchmarks/digits_quality.py                       # 5 and 15 minutes (~45 min)
-    PYTHONPATH=. python benchmarks/digits_quality.py --minutes 2 4 --n 200 --sample-steps 200
+Prints a table (with the goals: within 1.25x the real-data figure after 3 CPU-minutes, 1.1x after 15),
+writes ``benchmarks/results/digits_quality.json`` and a plot ``digits_quality.png``.
+
+    PYTHONPATH=. python benchmarks/digits_quality.py                      # 3 seeds, n = 2000 (hours on 1 core)
+    PYTHONPATH=. python benchmarks/digits_quality.py --short              # a check: 1 seed, 60 steps, n = 200
+    PYTHONPATH=. python benchmarks/digits_quality.py --presets digits_edm "digits_edm:optim.lr=1e-3" \\
+        --steps 500 1000 2000 --seeds 0
+    PYTHONPATH=. python benchmarks/digits_quality.py --merge a.json b.json   # one table and plot of several runs
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -25,57 +39,180 @@ from sdegen.metrics.fd_digits import load_digits_split
 from sdegen.train import SamplerOptions, draw, load_config, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
+GOALS = ((3.0, 1.25), (15.0, 1.1))   # (CPU-minutes, FD-digits within this factor of the real-data figure)
 
 
-def evaluate(model, cfg, n: int, steps: int | None) -> tuple[float, float]:
-    """FD-digits of ``n`` EMA samples and the seconds it took to draw them."""
+def evaluate(model, cfg, n: int, seed: int, steps: int | None) -> tuple[float, float]:
+    """FD-digits of ``n`` EMA samples (sampling seed ``seed``) and the seconds it took to draw them."""
     start = time.perf_counter()
-    x = draw(model, list(range(n)), 0, SamplerOptions.from_config(cfg.sampling, steps=steps))
+    x = draw(model, list(range(n)), seed, SamplerOptions.from_config(cfg.sampling, steps=steps))
     seconds = time.perf_counter() - start
     return fd_digits(model.to_signed(x).clamp(-1, 1), value_range=(-1.0, 1.0)), seconds
 
 
+def real_figure(n: int, seed: int) -> float:
+    """FD-digits of ``n`` real digits (with replacement if ``n`` > 1797) against all 1797."""
+    real = load_digits_split("all")[0]
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(real), (n,), generator=g) if n > len(real) else torch.randperm(len(real), generator=g)[:n]
+    return fd_digits(real[pick])
+
+
+def split_half_figure(seed: int) -> float:
+    """FD-digits of half of the real digits against the other half (898 vs 899, a random split): real data
+    independent of its reference, as model samples are. The figure above, whose real digits are part of
+    the reference, is several times lower; model samples cannot reach it."""
+    real = load_digits_split("all")[0]
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+    return fd_digits(real[order[:898]], real[order[898:]])
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_preset(spec: str, steps: list[int], seeds: list[int], n: int, sample_steps: int | None,
+               workdir: Path, on_row=lambda rows: None) -> list[dict]:
+    """Train ``spec`` (``NAME[:key=value,...]``) per seed, evaluating at each of ``steps``; one row per
+    (seed, steps); ``on_row(rows)`` after each (the caller saves them, so a killed run keeps its rows)."""
+    name, _, extra = spec.partition(":")
+    overrides = [o for o in extra.split(",") if o]
+    rows = []
+    for seed in seeds:
+        folder = workdir / f"{spec.replace(':', '_').replace(',', '_').replace('=', '-')}_seed{seed}"
+        clock = folder / "benchmark_time.json"   # training time so far, so that a rerun with more steps adds to it
+        cpu, wall = json.loads(clock.read_text()).values() if clock.is_file() else (0.0, 0.0)
+        for target in steps:
+            cfg = load_config(name, overrides + [f"training.steps={target}", f"training.seed={seed}",
+                                                 "training.device=cpu", "training.sample_every=0",
+                                                 "training.tensorboard=false"])
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            run = train(cfg, folder, progress=False, verbose=False)
+            cpu, wall = cpu + time.process_time() - cpu0, wall + time.perf_counter() - wall0
+            clock.write_text(json.dumps({"cpu": cpu, "wall": wall}))
+            fd, seconds = evaluate(run.model, cfg, n, seed, sample_steps)
+            rows.append({"preset": spec, "seed": seed, "steps": run.step, "cpu_minutes": cpu / 60,
+                         "wall_minutes": wall / 60, "loss": run.stats[-1]["loss"] if run.stats else None,
+                         "fd_digits": fd, "sample_seconds": seconds})
+            on_row(rows)
+            print(f"{spec:34s} seed {seed}  step {run.step:6d}  CPU {cpu / 60:6.2f} min  wall {wall / 60:6.2f} min  "
+                  f"FD-digits {fd:8.3f}", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and spread over seeds, per (preset, steps)."""
+    out = []
+    for key in sorted({(r["preset"], r["steps"]) for r in rows}, key=lambda k: ([r["preset"] for r in rows].index(k[0]), k[1])):
+        group = [r for r in rows if (r["preset"], r["steps"]) == key]
+        fd, fd_sd = _spread([r["fd_digits"] for r in group])
+        cpu, _ = _spread([r["cpu_minutes"] for r in group])
+        out.append({"preset": key[0], "steps": key[1], "seeds": len(group), "cpu_minutes": cpu,
+                    "fd_digits": fd, "fd_digits_sd": fd_sd})
+    return out
+
+
+def plot(summary: list[dict], floor: float, floor_sd: float, n: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for preset in dict.fromkeys(s["preset"] for s in summary):
+        pts = [s for s in summary if s["preset"] == preset]
+        for ax, key in zip(axes, ("steps", "cpu_minutes")):
+            ax.errorbar([p[key] for p in pts], [p["fd_digits"] for p in pts], yerr=[p["fd_digits_sd"] for p in pts],
+                        marker="o", capsize=3, label=preset)
+    for ax, xlabel in zip(axes, ("training steps", "CPU minutes of training (1 thread; = wall time on an idle core)")):
+        ax.axhspan(floor - floor_sd, floor + floor_sd, color="0.85")
+        ax.axhline(floor, color="0.4", lw=1, label=f"real digits ({n})")
+        for factor, style in ((1.25, "--"), (1.1, ":")):
+            ax.axhline(factor * floor, color="0.4", lw=1, ls=style, label=f"{factor}x real")
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=f"FD-digits ({n} samples)")
+    for minutes, _ in GOALS:
+        axes[1].axvline(minutes, color="0.7", lw=1)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("FD-digits against training (mean and spread over seeds; lower is better)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", nargs="+", default=["digits_vp", "digits_ve"],
+    p.add_argument("--presets", nargs="+", default=["digits_vp", "digits_ve", "digits_edm"],
                    help="presets, each optionally with overrides: NAME[:key=value,key=value]")
-    p.add_argument("--minutes", nargs="+", type=float, default=[5.0, 15.0], help="evaluation times (cumulative)")
-    p.add_argument("--n", type=int, default=500, help="samples per evaluation")
+    p.add_argument("--steps", nargs="+", type=int, default=None,
+                   help="evaluation points in training steps, cumulative (default 500 1000 2000 4000 8000 16000)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default 0 1 2)")
+    p.add_argument("--n", type=int, default=None, help="samples per evaluation (default 2000)")
+    p.add_argument("--short", action="store_true", help="a quick check: 1 seed, 30 and 60 steps, n = 200")
     p.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the preset's)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default="runs/bench_digits_quality")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="train nothing: one table and plot of these result files (same --n), e.g. presets run in "
+                        "parallel processes")
     p.add_argument("--out", default=str(RESULTS / "digits_quality.json"))
     args = p.parse_args()
+    steps = sorted(args.steps or ([30, 60] if args.short else [500, 1000, 2000, 4000, 8000, 16000]))
+    seeds = args.seeds or ([0] if args.short else [0, 1, 2])
+    n = args.n or (200 if args.short else 2000)
     torch.set_num_threads(args.threads)
-    real = load_digits_split("all")[0]
-    floor = fd_digits(real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:args.n]])
     rows = []
-    for spec in args.presets:
-        name, _, extra = spec.partition(":")
-        overrides = [o for o in extra.split(",") if o]
-        done = 0.0
-        folder = Path(args.workdir) / spec.replace(":", "_").replace(",", "_").replace("=", "-")
-        for minutes in sorted(args.minutes):
-            cfg = load_config(name, overrides + [f"training.time_limit={minutes - done}", "training.device=cpu",
-                                                 "training.sample_every=0"])
-            run = train(cfg, folder, progress=False, verbose=False)
-            done = minutes
-            fd, seconds = evaluate(run.model, cfg, args.n, args.sample_steps)
-            rows.append({"preset": spec, "minutes": minutes, "steps": run.step, "loss": run.stats[-1]["loss"],
-                         "fd_digits": fd, "sample_seconds": seconds})
-            print(f"{spec:28s} {minutes:6.1f} min  step {run.step:6d}  loss {rows[-1]['loss']:.4f}  "
-                  f"FD-digits {fd:8.3f}", flush=True)
-    print(f"\n{'preset':28s} {'minutes':>7s} {'steps':>7s} {'loss':>8s} {'FD-digits':>10s}")
-    for r in rows:
-        print(f"{r['preset']:28s} {r['minutes']:7.1f} {r['steps']:7d} {r['loss']:8.4f} {r['fd_digits']:10.3f}")
-    print(f"{'real digits (floor)':28s} {'':7s} {'':7s} {'':8s} {floor:10.3f}   ({args.n} samples each)")
+    if args.merge:
+        loaded = [json.loads(Path(f).read_text()) for f in args.merge]
+        if len({d["n"] for d in loaded}) != 1:
+            raise SystemExit(f"--merge: the files were measured with different --n: {[d['n'] for d in loaded]}")
+        n, seeds = loaded[0]["n"], sorted({s for d in loaded for s in d["seeds"]})
+        rows = [r for d in loaded for r in d["rows"]]
+        steps = sorted({r["steps"] for r in rows})
+    reals = [real_figure(n, seed) for seed in seeds]
+    floor, floor_sd = _spread(reals)
+    halves = [split_half_figure(seed) for seed in seeds]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "floor_real_digits": floor, "n": args.n,
-                               "sample_steps": args.sample_steps, "threads": args.threads,
-                               "machine": platform.processor() or platform.machine(),
-                               "torch_threads": torch.get_num_threads()}, indent=1))
-    print(f"wrote {out}")
+
+    def save(rows: list[dict]) -> None:   # atomically, after every evaluation
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"rows": rows, "summary": summarise(rows), "real_digits": reals,
+                                   "real_halves": halves,
+                                   "real_digits_mean": floor, "real_digits_sd": floor_sd, "n": n, "seeds": seeds,
+                                   "steps": steps, "sample_steps": args.sample_steps, "threads": args.threads,
+                                   "load_average": os.getloadavg(), "clock": "process CPU time",
+                                   "machine": platform.processor() or platform.machine()}, indent=1))
+        os.replace(tmp, out)
+
+    for spec in ([] if args.merge else args.presets):
+        done = list(rows)
+        rows += run_preset(spec, steps, seeds, n, args.sample_steps, Path(args.workdir),
+                           on_row=lambda new: save(done + new))
+    summary = summarise(rows)
+    print(f"\n{'preset':34s} {'steps':>6s} {'CPU min':>8s} {'FD-digits':>16s} {'/ real':>7s}")
+    for s in summary:
+        print(f"{s['preset']:34s} {s['steps']:6d} {s['cpu_minutes']:8.2f} {s['fd_digits']:9.3f} +- {s['fd_digits_sd']:5.3f}"
+              f" {s['fd_digits'] / floor:7.2f}")
+    print(f"{'real digits':34s} {'':6s} {'':8s} {floor:9.3f} +- {floor_sd:5.3f}   ({n} samples, {len(seeds)} seed(s))")
+    print(f"{'real, independent halves':34s} {'':6s} {'':8s} {_spread(halves)[0]:9.3f} +- {_spread(halves)[1]:5.3f}"
+          "   (898 vs 899: data independent of its reference)")
+    for minutes, factor in GOALS:
+        for preset in dict.fromkeys(s["preset"] for s in summary):
+            mine = [s for s in summary if s["preset"] == preset]
+            done = [s for s in mine if s["cpu_minutes"] <= minutes]
+            if mine[-1]["cpu_minutes"] < 0.5 * minutes:
+                print(f"goal {factor}x real after {minutes:g} CPU-min: {preset} not measured (it trained only "
+                      f"{mine[-1]['cpu_minutes']:.2f} CPU-min)")
+            elif done:
+                best = done[-1]
+                verdict = "meets" if best["fd_digits"] <= factor * floor else "misses"
+                print(f"goal {factor}x real after {minutes:g} CPU-min: {preset} {verdict} it at step {best['steps']} "
+                      f"({best['cpu_minutes']:.2f} min, the last point measured before {minutes:g}): "
+                      f"{best['fd_digits']:.3f} vs {factor * floor:.3f}")
+    picture = out.with_suffix(".png")
+    plot(summary, floor, floor_sd, n, picture)
+    save(rows)
+    print(f"wrote {out} and {picture}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ With the exact score of a Gaussian mixture (:mod:`sdegen.toy`) the only error le
 (2-D, 3 anisotropic components) and ``grid25`` (2-D, 25 narrow modes), under the VE, VP and sub-VP SDEs:
 
 - P: each predictor of :data:`sdegen.sampling.PREDICTORS` alone;
-- PC: each predictor followed by the Langevin corrector (snr 0.16, one step);
+- PC: each predictor followed by the Langevin corrector (its default snr, one step);
 - C: annealed Langevin dynamics alone (snr 0.3, two steps per noise level);
 
 at 50 ... 2000 steps (runs above a per-data-set NFE budget are skipped), and the probability-flow ODE
@@ -33,7 +33,7 @@ import torch
 
 from sdegen import toy
 from sdegen.metrics.lowdim import mode_stats, sliced_wasserstein
-from sdegen.sampling import PREDICTORS, sample, sample_ode
+from sdegen.sampling import PREDICTORS, generate
 from sdegen.score import CountingScore
 from sdegen.sde import SubVPSDE, VESDE, VPSDE
 
@@ -53,10 +53,10 @@ METRICS = ("sw", "covs_err", "means_err", "weights_err")
 TITLES = {"sw": "sliced W2 to true samples", "covs_err": "largest relative covariance error",
           "means_err": "largest mean error", "weights_err": "largest weight error"}
 
-# sampler name -> options of sdegen.sampling.sample
+# case name -> options of the "pc" sampler of sdegen.generate (other options: the sampler's defaults)
 SAMPLERS: dict[str, dict] = {
     **{f"P:{p}": dict(predictor=p, corrector=None) for p in PREDICTORS},
-    **{f"PC:{p}+langevin": dict(predictor=p, corrector="langevin", snr=0.16, n_corrector_steps=1)
+    **{f"PC:{p}+langevin": dict(predictor=p, corrector="langevin", n_corrector_steps=1)
        for p in PREDICTORS},
     "C:annealed_langevin": dict(predictor=None, corrector="annealed_langevin", snr=0.3, n_corrector_steps=2),
 }
@@ -128,9 +128,10 @@ def run_job(data: str, sde_name: str, sampler: str, n: int, steps_list, tols, ma
         t0 = time.perf_counter()
         try:
             if sampler == ODE:
-                x = sample_ode(sde, score, (n, mix.dim), rtol=value, atol=value, eps=EPS, generator=gen)
+                x = generate(sde, score, (n, mix.dim), sampler="ode", rtol=value, atol=value, eps=EPS, generator=gen)
             else:
-                x = sample(sde, score, (n, mix.dim), steps=value, eps=EPS, generator=gen, **SAMPLERS[sampler])
+                x = generate(sde, score, (n, mix.dim), sampler="pc", steps=value, eps=EPS, generator=gen,
+                             **SAMPLERS[sampler])
         except FloatingPointError as e:
             rows.append({**row, "nfe": score.nfe, "error": str(e)})
             continue

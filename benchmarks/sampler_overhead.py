@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from sdegen.nets import build_network, model_options
-from sdegen.sampling import sample, sample_ode
+from sdegen.sampling import generate
 from sdegen.score import score_fn_from_model
 from sdegen.sde import VPSDE
 
@@ -49,7 +49,7 @@ PRESET = "small32"
 EPS = 1e-3
 GOAL = 1.05
 
-# name -> options of sample(); "ODE:dopri5" -> sample_ode
+# case name -> options of the "pc" sampler of sdegen.generate; "ODE:dopri5" -> the "ode" sampler
 SAMPLERS: dict[str, dict] = {
     "P:euler_maruyama": dict(predictor="euler_maruyama", corrector=None),
     "P:reverse_diffusion": dict(predictor="reverse_diffusion", corrector=None),
@@ -79,8 +79,8 @@ class TimedScore:
 def run_sampler(name: str, sde, score_fn, shape, steps: int, ode_tol: float, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     if name == "ODE:dopri5":
-        return sample_ode(sde, score_fn, shape, rtol=ode_tol, atol=ode_tol, eps=EPS, generator=gen)
-    return sample(sde, score_fn, shape, steps=steps, eps=EPS, generator=gen, **SAMPLERS[name])
+        return generate(sde, score_fn, shape, sampler="ode", rtol=ode_tol, atol=ode_tol, eps=EPS, generator=gen)
+    return generate(sde, score_fn, shape, sampler="pc", steps=steps, eps=EPS, generator=gen, **SAMPLERS[name])
 
 
 def timed_run(name: str, sde, score_fn, shape, steps: int, ode_tol: float) -> dict:

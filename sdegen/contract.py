@@ -56,7 +56,8 @@ def check_common(sde: SDE, shape: Sequence[int], eps: float, generator: noise.Ge
         raise ValueError(f"shape must be [batch, ...] with positive sizes, got {tuple(shape)}")
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must be in (0, T={sde.T}), got {eps}")
-    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != shape[0]:
+    if noise.check_generator(generator) is not None and not isinstance(generator, torch.Generator) \
+            and len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} per-sample generators for a batch of {shape[0]}")
 
 

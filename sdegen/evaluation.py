@@ -6,7 +6,8 @@
 - :func:`run_table`: the grid of Song et al. 2021, Table 1 (and the seed's result tables): rows are
   predictors (ancestral sampling, reverse diffusion) and the probability-flow ODE; columns are ``P<N>``,
   ``P<2N>`` (predictor only) and ``PC<N>`` (predictor + one Langevin corrector step per level). Each
-  cell gets a Frechet distance (FID or FD-digits), wall time and score evaluations.
+  cell gets a Frechet distance (FID or FD-digits), wall time and score evaluations, and optionally the
+  evaluation suite (:class:`sdegen.metrics.suite.Suite`: FID, KID, IS, precision/recall over seeds).
 
 Sample ``i`` of every cell draws its noise from a generator seeded by ``(seed, i)``, so the cells share
 their random numbers and differ only by the sampler.
@@ -16,28 +17,30 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from . import noise
 from .likelihood import bits_per_dim, log_likelihood
-from .sampling import PREDICTORS, sample, sample_ode
+from .sampling import PREDICTORS
 from .score import CountingScore, ScoreFn
 from .sde import SDE
 
 if TYPE_CHECKING:
     from .metrics.frechet import FeatureStats
+    from .metrics.suite import Suite
     from .train.runs import ScoreModel
+    from .train.sample_job import SamplerOptions
 
 STREAMS = {"dequantize": 1, "probes": 2, "points": 3}  # independent random streams of one seed
 
 
 def stream_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for the named random stream of ``seed`` (streams never share draws)."""
-    words = [STREAMS[stream], int(seed) & 0xFFFFFFFF, int(seed) >> 32]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    """The seed of a named random stream of ``seed``: :func:`sdegen.noise.derive_seed` of ``(seed, stream
+    number)`` (streams never share draws)."""
+    return noise.derive_seed(seed, STREAMS[stream])
 
 
 def _sync(device: torch.device) -> None:
@@ -91,7 +94,7 @@ def _rows(data, start: int, stop: int) -> torch.Tensor:
 def likelihood_bpd(sde: SDE, score_fn: ScoreFn, data, *, n: Optional[int] = None, n_probes: int = 1,
                    exact: bool = False, offset: Optional[float] = 0.0, batch_size: int = 64, seed: int = 0,
                    eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5, device=None,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, on_batch: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
     """Negative log-likelihood of the first ``n`` items of ``data`` under the model ``score_fn``.
 
     Args:
@@ -103,6 +106,8 @@ def likelihood_bpd(sde: SDE, score_fn: ScoreFn, data, *, n: Optional[int] = None
         seed: the probes of item ``i`` come from a generator of ``(seed, i)``, so results do not
             depend on ``batch_size`` (up to the ODE solver's tolerance, whose steps serve a batch).
         eps, rtol, atol: start time and tolerances of the probability-flow ODE (dopri5).
+        on_batch: called after each batch with ``{"done", "n", "nats_mean", "nfe", "seconds"}`` (items
+            done so far, their mean NLL in nats, the batch's score evaluations, seconds since the start).
 
     Returns a dict: ``unit`` ("bpd" or "nats"), ``mean``, ``stderr`` (std / sqrt(n): data, dequantization
     and probe noise together), ``values`` (per item), ``nats_mean`` / ``nats_stderr`` (NLL per item),
@@ -132,6 +137,9 @@ def likelihood_bpd(sde: SDE, score_fn: ScoreFn, data, *, n: Optional[int] = None
             nfe.append(counter.nfe)
             bar.update(stop - start)
             bar.set_postfix(nll=f"{torch.cat(nats).mean().item():.4g}", nfe=counter.nfe)
+            if on_batch is not None:
+                on_batch({"done": stop, "n": n, "nats_mean": torch.cat(nats).mean().item(), "nfe": counter.nfe,
+                          "seconds": time.perf_counter() - start_time})
     _sync(device)
     seconds = time.perf_counter() - start_time
     nats = torch.cat(nats)
@@ -224,48 +232,67 @@ def _to_unit(model: "ScoreModel", x: torch.Tensor) -> torch.Tensor:
     return ((model.to_signed(x.float()) + 1) / 2).clamp(0, 1)
 
 
-def run_cell(model: "ScoreModel", cell: Cell, extractor: Callable, *, n: int, batch_size: int, seed: int,
-             snr: float = 0.16, snr_norm: str = "sample", eps: float = 1e-3, ode_rtol: float = 1e-5,
-             ode_atol: float = 1e-5, device=None, progress: bool = False) -> tuple[np.ndarray, dict]:
-    """Draw samples ``0..n-1`` with ``cell``'s sampler and return their features ``[n, D]`` and a record
+def cell_options(cell: Cell, *, snr: Optional[float] = None, snr_norm: Optional[str] = None,
+                 eps: Optional[float] = None, ode_rtol: Optional[float] = None, ode_atol: Optional[float] = None) -> "SamplerOptions":
+    """The sampler of ``cell``: PC with one corrector step per level (or none), or the probability-flow
+    ODE; all end with the noise-free denoising step (the official ``noise_removal``). Options left None
+    take the sampler's defaults (:func:`sdegen.sampling.sampler_defaults`). With ``snr_norm="sample"``
+    (what the image presets choose) a cell's sample ``i`` does not depend on its batch."""
+    from .train.sample_job import SamplerOptions
+
+    if cell.predictor is None:
+        return SamplerOptions("ode", {"denoise": True}).changed(rtol=ode_rtol, atol=ode_atol, eps=eps)
+    return SamplerOptions("pc", {"predictor": cell.predictor, "corrector": cell.corrector, "n_corrector_steps": 1,
+                                 "steps": cell.steps, "denoise": True}).changed(snr=snr, snr_norm=snr_norm, eps=eps)
+
+
+def run_cell(model: "ScoreModel", cell: Cell, extractor: Union[Callable, Mapping[str, Callable]], *, n: int,
+             batch_size: int, seed: int, snr: Optional[float] = None, snr_norm: Optional[str] = None,
+             eps: Optional[float] = None, ode_rtol: Optional[float] = None, ode_atol: Optional[float] = None,
+             device=None, progress: bool = False) -> tuple[Union[np.ndarray, dict[str, np.ndarray]], dict]:
+    """Draw samples ``0..n-1`` with ``cell``'s sampler (:func:`cell_options`) in the one sampling job
+    (:func:`sdegen.train.sample_job.run_job`, in memory) and return their features ``[n, D]`` and a record
     (NFE per sample, score evaluations, seconds). ``extractor(images [B, C, H, W] in [0, 1], (0, 1))``
-    gives features ``[B, D]`` (see :mod:`sdegen.metrics.frechet`). Samples end with the noise-free
-    denoising step (the official ``noise_removal``)."""
-    from tqdm.auto import tqdm
+    gives features ``[B, D]`` (see :mod:`sdegen.metrics.frechet`); given a dict of extractors by name, the
+    features are a dict by name too (an extractor named twice runs once)."""
+    from .train.distributed import Context
+    from .train.sample_job import draw, run_job
 
     device = torch.device(device) if device is not None else next(model.net.parameters()).device
+    options = cell_options(cell, snr=snr, snr_norm=snr_norm, eps=eps, ode_rtol=ode_rtol, ode_atol=ode_atol)
     counter = CountingScore(model.score_fn())
-    feats, sampling_s, metric_s = [], 0.0, 0.0
-    with tqdm(total=n, disable=not progress, unit="sample", leave=False,
-              desc=f"{cell.row} {cell.column}") as bar:
-        for start in range(0, n, batch_size):
-            idx = range(start, min(start + batch_size, n))
-            gens = noise.per_sample_generators(seed, idx)
-            shape = (len(idx), *model.shape)
-            t0 = time.perf_counter()
-            if cell.predictor is None:
-                x = sample_ode(model.sde, counter, shape, rtol=ode_rtol, atol=ode_atol, eps=eps, denoise=True,
-                               generator=gens, device=device)
-            else:
-                x = sample(model.sde, counter, shape, predictor=cell.predictor, corrector=cell.corrector, snr=snr,
-                           n_corrector_steps=1, steps=cell.steps, eps=eps, denoise=True, snr_norm=snr_norm,
-                           generator=gens, device=device)
-            _sync(device)
-            t1 = time.perf_counter()
-            feats.append(np.asarray(torch.as_tensor(extractor(_to_unit(model, x), (0.0, 1.0))).double().cpu()))
-            metric_s += time.perf_counter() - t1
-            sampling_s += t1 - t0
-            bar.update(len(idx))
+    seconds = {"sampling": 0.0, "metric": 0.0}
+
+    extractors = dict(extractor) if isinstance(extractor, Mapping) else {"features": extractor}
+
+    def features(indices: list[int], gens: list[torch.Generator]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        x = draw(model, indices, seed, options, device=device, generators=gens, score_fn=counter)
+        _sync(device)
+        t1 = time.perf_counter()
+        images, done = _to_unit(model, x), {}
+        for ex in extractors.values():
+            if id(ex) not in done:
+                done[id(ex)] = np.asarray(torch.as_tensor(ex(images, (0.0, 1.0))).double().cpu())
+        seconds["metric"] += time.perf_counter() - t1
+        seconds["sampling"] += t1 - t0
+        return {name: done[id(ex)] for name, ex in extractors.items()}
+
+    result = run_job(None, features, n=n, batch_size=batch_size, seed=seed, job={}, ctx=Context(device=device),
+                     progress=progress, what=f"{cell.row} {cell.column}")
     record = {"row": cell.row, "column": cell.column, "predictor": cell.predictor, "corrector": cell.corrector,
               "steps": cell.steps, "nfe_per_sample": counter.n_scored / n, "score_evaluations": counter.nfe,
-              "seconds_sampling": sampling_s, "seconds_metric": metric_s, "seconds": sampling_s + metric_s}
-    return np.concatenate(feats), record
+              "seconds_sampling": seconds["sampling"], "seconds_metric": seconds["metric"],
+              "seconds": seconds["sampling"] + seconds["metric"]}
+    feats = {name: result.arrays[name] for name in extractors}
+    return (feats if isinstance(extractor, Mapping) else feats["features"]), record
 
 
 def run_table(model: "ScoreModel", extractor: Callable, reference: "FeatureStats", *, n: int,
               batch_size: int = 500, seed: int = 0, steps_scale: float = 1.0, rows: Optional[Sequence[str]] = None,
-              snr: float = 0.16, snr_norm: str = "sample", eps: float = 1e-3, ode_rtol: float = 1e-5,
-              ode_atol: float = 1e-5, metric: str = "FID", device=None, progress: bool = False,
+              snr: Optional[float] = None, snr_norm: Optional[str] = None, eps: Optional[float] = None,
+              ode_rtol: Optional[float] = None, ode_atol: Optional[float] = None, metric: str = "FID",
+              device=None, progress: bool = False, suite: Optional["Suite"] = None,
               on_cell: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
     """The table of Song et al. 2021 (Table 1) for ``model``: every cell of :func:`table_cells`.
 
@@ -274,16 +301,29 @@ def run_table(model: "ScoreModel", extractor: Callable, reference: "FeatureStats
             ``name`` and ``weights_sha256``; ``reference``: statistics of real data from the same one.
         n: samples per cell (>= 2); ``seed``: sample ``i`` of every cell uses the generator of ``(seed, i)``.
         snr, snr_norm: the Langevin corrector of the ``PC`` cells (see :func:`sdegen.sampling.langevin_corrector`).
-        eps: last time of the samplers; ``ode_rtol``, ``ode_atol``: tolerances of the ODE (dopri5).
+        eps: last time of the samplers; ``ode_rtol``, ``ode_atol``: tolerances of the ODE (dopri5). Left
+            None, ``snr``, ``eps``, ``ode_rtol`` and ``ode_atol`` are the samplers' defaults.
         metric: the label of the distance in the table ("FID", "FD-digits").
+        suite: also the metrics of this suite on each cell's samples (the features of an extractor that is
+            also ``extractor`` are computed once); each cell's record then has ``metrics``: one record per
+            metric (:func:`sdegen.metrics.suite.evaluate`: mean and std over ``suite.seeds`` blocks).
         on_cell: called with the table so far after each cell (e.g. to save it).
 
     Returns ``{"metric", "sde", "columns", "rows", "values": {row: {column: distance}}, "cells": [records],
-    ...}``; :func:`table_markdown` prints it. A cell whose samples become non-finite gets value None and
-    its ``error``; the other cells still run.
+    ...}`` (with a suite also ``"metrics"``, its names, and ``"seeds"``); :func:`table_markdown` prints it.
+    A cell whose samples become non-finite gets value None and its ``error``; the other cells still run.
+    A metric the suite cannot compute raises ValueError.
     """
     from .metrics.frechet import FeatureStats, fid_from_stats
 
+    from .sampling import sampler_defaults
+
+    pc, ode = sampler_defaults("pc"), sampler_defaults("ode")   # the samplers' own defaults
+    snr = pc["snr"] if snr is None else snr
+    snr_norm = pc["snr_norm"] if snr_norm is None else snr_norm
+    eps = pc["eps"] if eps is None else eps
+    ode_rtol = ode["rtol"] if ode_rtol is None else ode_rtol
+    ode_atol = ode["atol"] if ode_atol is None else ode_atol
     if n < 2:
         raise ValueError(f"a Frechet distance needs n >= 2 samples per cell, got {n}")
     if batch_size < 1:
@@ -301,13 +341,21 @@ def run_table(model: "ScoreModel", extractor: Callable, reference: "FeatureStats
         "reference_count": reference.count, "columns": columns, "rows": list(dict.fromkeys(c.row for c in cells)),
         "values": {}, "cells": [], "seconds": 0.0,
     }
+    extractors = dict(suite.extractors) if suite is not None else {}
+    main = next((kind for kind, ex in extractors.items() if ex is extractor), "main")
+    extractors[main] = extractor
+    if suite is not None:
+        suite.check(n)
+        table.update(metrics=list(suite.metrics), seeds=suite.seeds)
     for cell in cells:
         try:
-            feats, record = run_cell(model, cell, extractor, n=n, batch_size=batch_size, seed=seed, snr=snr,
+            feats, record = run_cell(model, cell, extractors, n=n, batch_size=batch_size, seed=seed, snr=snr,
                                      snr_norm=snr_norm, eps=eps, ode_rtol=ode_rtol, ode_atol=ode_atol,
                                      device=device, progress=progress)
-            stats = FeatureStats.from_features(feats, extractor.name, extractor.weights_sha256)
+            stats = FeatureStats.from_features(feats[main], extractor.name, extractor.weights_sha256)
             record["value"] = fid_from_stats(stats, reference)
+            if suite is not None:
+                record["metrics"] = suite.evaluate({kind: feats[kind] for kind in suite.extractors})
         except FloatingPointError as e:  # samples blew up: the cell fails, the table goes on
             record = {"row": cell.row, "column": cell.column, "predictor": cell.predictor,
                       "corrector": cell.corrector, "steps": cell.steps, "value": None, "error": str(e),
@@ -346,4 +394,4 @@ def table_markdown(table: dict[str, Any], title: Optional[str] = None, source: O
 
 
 __all__ = ["Cell", "ROWS", "ODE_COLUMN", "dequantization_offset", "likelihood_data", "likelihood_bpd",
-           "table_cells", "run_cell", "run_table", "table_markdown", "stream_seed"]
+           "table_cells", "cell_options", "run_cell", "run_table", "table_markdown", "stream_seed"]

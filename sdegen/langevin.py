@@ -5,7 +5,8 @@ Convention (Song et al. 2021, Algorithms 4-5): one step with step size ``eps`` i
 ``z' = z - (e/2) grad E(z) + sqrt(e) n`` with ``E = -log p``, i.e. ``eps = e / 2``.
 ``step_size`` is a float or a per-sample tensor ``[batch]``.
 
-Used by the PC corrector (:mod:`sdegen.sampling`) and by DDLS (:mod:`sdegen.ddls`).
+Used by the PC corrector (:mod:`sdegen.sampling`) and by DDLS (:mod:`sdegen.gan.ddls`). It knows only
+tensors and a log-density's gradient, nothing of SDEs.
 """
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from typing import Callable, Optional
 import torch
 
 from . import noise
-from .sde import bcast
 
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample value ``[batch]`` viewed as ``[batch, 1, ..., 1]`` to broadcast against ``x``."""
+    return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
 
 
 def _as_step(step_size, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +39,7 @@ def langevin_step(x: torch.Tensor, grad: torch.Tensor, step_size, z: torch.Tenso
     """One unadjusted Langevin step; returns ``(x', mean)`` with ``mean = x + eps * grad``.
 
     Song et al. 2021, Algorithm 4 line 6 / Che et al. 2020, Algorithm 1."""
-    step = bcast(_as_step(step_size, x), x)
+    step = per_sample(_as_step(step_size, x), x)
     mean = x + step * grad
     return mean + torch.sqrt(2.0 * step) * z, mean
 
@@ -98,11 +103,11 @@ def langevin(x0: torch.Tensor, log_prob: LogProbFn, *, step_size, n_steps: int, 
         prop_logp, prop_grad = value_and_grad(log_prob, prop)
         if mala:
             u = noise.rand((x.shape[0],), generator, device=x.device, dtype=x.dtype)
-            mean_back = prop + bcast(step, x) * prop_grad
+            mean_back = prop + per_sample(step, x) * prop_grad
             log_alpha = prop_logp - logp + _log_q(x, mean_back, step) - _log_q(prop, mean, step)
             accept = torch.log(u) < log_alpha
             n_acc += accept
-            a = bcast(accept.to(x.dtype), x)
+            a = per_sample(accept.to(x.dtype), x)
             x = a * prop + (1 - a) * x
             logp = torch.where(accept, prop_logp, logp)
             grad = a * prop_grad + (1 - a) * grad

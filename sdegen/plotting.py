@@ -1,6 +1,7 @@
 """Pictures: scatter plots of 2-D samples over a density, and image grids."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -48,16 +49,44 @@ def scatter_2d(samples: torch.Tensor, path: str | Path, *, log_density: Optional
     return path
 
 
-def image_grid(images: torch.Tensor, path: str | Path, *, value_range=(0.0, 1.0), nrow: Optional[int] = None,
-               upscale: int = 1) -> Path:
-    """Save images ``[n, C, H, W]`` with values in ``value_range`` as one PNG grid."""
-    from torchvision.utils import save_image
-    x = images.detach().cpu().float()
+def to_uint8_images(images: torch.Tensor, value_range=(-1.0, 1.0)) -> torch.Tensor:
+    """Images ``[N, C, H, W]`` with values in ``value_range`` -> uint8 ``[N, H, W, C]`` on the CPU
+    (``round((x - lo) / (hi - lo) * 255)``, clipped): the layout of saved sample files."""
     lo, hi = value_range
-    x = ((x - lo) / (hi - lo)).clamp(0, 1)
+    x = ((images.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def image_grid(images: torch.Tensor, path: str | Path, *, value_range=(0.0, 1.0), nrow: Optional[int] = None,
+               upscale: int = 1, min_size: int = 0) -> Path:
+    """The one image-grid writer: save images as one PNG grid (2-pixel white gaps).
+
+    ``images``: floats ``[n, C, H, W]`` with values in ``value_range``, or uint8 ``[n, H, W, C]``.
+    ``nrow``: images per row (default ``ceil(sqrt(n))``); each image is enlarged ``upscale`` times
+    (nearest neighbour), or more so that it is at least ``min_size`` pixels high."""
+    from torchvision.utils import save_image
+    if images.dtype == torch.uint8:
+        x = images.detach().cpu().permute(0, 3, 1, 2).float() / 255
+    else:
+        lo, hi = value_range
+        x = ((images.detach().cpu().float() - lo) / (hi - lo)).clamp(0, 1)
+    if x.dim() != 4 or len(x) == 0:
+        raise ValueError(f"image_grid needs a non-empty batch of images [n, C, H, W], got {tuple(images.shape)}")
+    upscale = max(upscale, -(-min_size // x.shape[-2]))
     if upscale > 1:
         x = torch.nn.functional.interpolate(x, scale_factor=upscale, mode="nearest")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x, path, nrow=nrow or max(1, int(len(x) ** 0.5)), padding=2, pad_value=1.0)
+    save_image(x, path, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=2, pad_value=1.0)
     return path
+
+
+def save_samples(x: torch.Tensor, path: str | Path, *, value_range=(-1.0, 1.0),
+                 reference: Optional[torch.Tensor] = None, title: str = "", max_images: int = 100,
+                 min_size: int = 32, nrow: Optional[int] = None) -> Path:
+    """A picture of samples: a scatter plot of points ``[n, 2]`` (over ``reference`` points) or a grid of
+    the first ``max_images`` images (floats ``[n, C, H, W]`` in ``value_range`` or uint8 ``[n, H, W, C]``),
+    each enlarged to at least ``min_size`` pixels, ``nrow`` per row. Returns ``path``."""
+    if x.dim() == 2:
+        return scatter_2d(x, path, reference=reference, title=title)
+    return image_grid(x[:max_images], path, value_range=value_range, min_size=min_size, nrow=nrow)

@@ -172,6 +172,9 @@ def sample(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *,
     x = start_point(sde, shape, generator, x_T, device)
     times = torch.linspace(sde.T, eps, steps, dtype=torch.float64).tolist()
     batch = x.shape[0]
+    if predict not in (None, euler_maruyama) or correct is not None:
+        # every sampler but Euler-Maruyama steps on the discrete chain: check it exists before any work
+        sde.discretize(x[:1], torch.full((1,), sde.T, device=device))
 
     def corrector_at(x, t_val, i, last):
         """The corrector's steps at ``t_val``, each one through the hook; the last returns its mean if
@@ -291,6 +294,27 @@ def sampler_defaults(name: str) -> dict:
     return sampler_options(_sampler(name))
 
 
+def check_sampler_options(name: str, options: dict) -> None:
+    """Raise a ValueError for an unknown sampler, or naming the options it does not take and those it does."""
+    check_options(name, _sampler(name), options)
+
+
+class _Checked(Exception):
+    """Raised by the stand-in score of :func:`check_sampler` at the sampler's first evaluation."""
+
+
+def check_sampler(sde: SDE, sampler: str = "pc", shape: Sequence[int] = (1, 1), **options) -> None:
+    """Check ``sampler`` and its ``options`` for ``sde`` without sampling: the sampler runs its own checks
+    and stops at its first score evaluation. Raises the ValueError the sampler would raise."""
+    def stop(x, t):
+        raise _Checked
+
+    try:
+        generate(sde, stop, shape, sampler=sampler, **options)
+    except _Checked:
+        pass
+
+
 def generate(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, sampler: str = "pc",
              generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None, device=None,
              callback: Optional[Callback] = None, step_hook: Optional[StepHook] = None,
@@ -308,7 +332,6 @@ def generate(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, sampler: str 
         callback, step_hook: see :mod:`sdegen.contract`.
         options: the sampler's own options; :func:`sampler_defaults` lists them with their defaults.
     """
-    fn = _sampler(sampler)
-    check_options(sampler, fn, options)
-    return fn(sde, score_fn, shape, generator=generator, x_T=x_T, device=device,
+    check_sampler_options(sampler, options)
+    return _sampler(sampler)(sde, score_fn, shape, generator=generator, x_T=x_T, device=device,
                              callback=callback, step_hook=step_hook, **options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -16,6 +17,7 @@ import torch
 
 from . import noise
 
+# A score function: (x [batch, ...], t [batch]) -> the score of p_t at x, shaped like x. Defined here only.
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -42,6 +44,13 @@ class SDE:
     def __post_init__(self):
         if not isinstance(self.N, int) or self.N < 1:
             raise ValueError(f"N must be an integer >= 1, got {self.N!r}")
+
+    def _check_positive(self, *names: str) -> None:
+        """Raise ValueError unless each named field is a finite real number > 0."""
+        for name in names:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{type(self).__name__}: {name} must be a finite number > 0, got {v!r}")
 
     # --- to be defined by each SDE -------------------------------------------------------------
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +165,7 @@ class VESDE(SDE):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.sigma_min > 0:
-            raise ValueError(f"sigma_min must be > 0, got {self.sigma_min}")
+        self._check_positive("sigma_min", "sigma_max")
         if not self.sigma_min < self.sigma_max:
             raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={self.sigma_min}, "
                              f"sigma_max={self.sigma_max}")
@@ -209,10 +217,7 @@ class _BetaSDE(SDE):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.beta_min > 0:
-            raise ValueError(f"beta_min must be > 0, got {self.beta_min}")
-        if not self.beta_max > 0:
-            raise ValueError(f"beta_max must be > 0, got {self.beta_max}")
+        self._check_positive("beta_min", "beta_max")
         if self.beta_max < self.beta_min:
             raise ValueError(f"beta_max must be >= beta_min, got beta_min={self.beta_min}, "
                              f"beta_max={self.beta_max}")

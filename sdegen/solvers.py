@@ -31,6 +31,12 @@ solver                        ``steps=K``         ``nfe=n`` (exact budget)
 ``adaptive_sde``              (tolerances)        ``2`` per iteration ``+ d``; see ``info``
 ============================  ==================  =====================================================
 
+Custom grids: every fixed-step solver also takes ``times``, the grid itself: a float64 sequence (a list of
+floats or a float64 tensor) of at least 2 strictly decreasing positive times, from the first (``T``, or any
+start: ``x_T`` is taken as the state at ``times[0]``) down to the last (which replaces ``eps``), e.g. a
+diffusers scheduler's timesteps (:func:`sdegen.interop.diffusers_times`). It replaces ``nfe``/``steps``
+and ``schedule``/``rho`` (giving both is an error); ``K + 1`` times cost what ``steps=K`` does.
+
 Every solver takes ``info``: a dict it fills with ``nfe`` (batched score calls) and ``steps``, and
 honours the sampler contract of :mod:`sdegen.contract` (``x_T``, ``callback``, ``step_hook``): the hook
 sees ``x = a(t) x_hat`` in the SDE's coordinates.
@@ -44,6 +50,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import noise
+from .brownian import BrownianMemory, BrownianTree, tree_seeds
 from .contract import Callback, Observed, StepHook, Steps, check_common, check_options, start_point
 from .score import ScoreFn
 from .sde import SDE, bcast
@@ -144,14 +151,15 @@ class _Model:
         return xh
 
 
-def _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook):
-    """Check the common arguments; take ``x_T`` (default: a draw from the prior), scaled to ``x_hat``."""
+def _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook, t0=None):
+    """Check the common arguments; take ``x_T`` (default: a draw from the prior) as the state at ``t0``
+    (default ``T``), scaled to ``x_hat``."""
     check_common(sde, shape, eps, generator)
     if device is None:
         device = x_T.device if x_T is not None else noise.generator_device(generator, "cpu")
     model = _Model(sde, Observed(score_fn), callback, step_hook)
     x = start_point(sde, shape, generator, x_T, device, dtype)
-    return x / model.coeffs(sde.T)[0], model
+    return x / model.coeffs(sde.T if t0 is None else t0)[0], model
 
 
 def _finish(xh: torch.Tensor, model: _Model, eps: float, denoise: bool, info, steps: int, what: str):
@@ -163,8 +171,31 @@ def _finish(xh: torch.Tensor, model: _Model, eps: float, denoise: bool, info, st
     return xh if denoise else model.coeffs(eps)[0] * xh   # sigma = 0 means a = 1
 
 
-def _n_steps(nfe, steps, denoise: bool, what: str, per_step: int = 1) -> int:
-    """Number of ODE steps from ``steps`` or from an exact ``nfe`` budget of ``per_step`` NFE/step."""
+def _given_times(times, what: str) -> list[float]:
+    """``times`` checked: at least 2 finite, strictly decreasing, positive numbers (returned as floats)."""
+    dtype = getattr(times, "dtype", None)   # a tensor or array: float64 only (float32 times are rounded)
+    if dtype is not None and str(dtype).replace("torch.", "") != "float64":
+        raise ValueError(f"{what}: times must be float64 (a list of floats or a float64 tensor/array), got {dtype}")
+    try:
+        t = torch.as_tensor(times, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{what}: times must be a sequence of numbers, got {type(times).__name__}") from None
+    if t.dim() != 1 or len(t) < 2:
+        raise ValueError(f"{what}: times must be a 1-D sequence of at least 2 times (T down to eps), got shape "
+                         f"{list(t.shape)}")
+    if not torch.isfinite(t).all() or not (t[-1] > 0) or not (t.diff() < 0).all():
+        raise ValueError(f"{what}: times must be finite, strictly decreasing and > 0 (from T down to eps), got "
+                         f"{t.tolist()}")
+    return t.tolist()
+
+
+def _n_steps(nfe, steps, denoise: bool, what: str, per_step: int = 1, times=None) -> int:
+    """Number of ODE steps from ``steps``, from an exact ``nfe`` budget of ``per_step`` NFE/step, or from
+    the given ``times`` (``len(times) - 1``)."""
+    if times is not None:
+        if nfe is not None or steps is not None:
+            raise ValueError(f"{what}: give times or nfe/steps, not both")
+        return len(_given_times(times, what)) - 1
     if nfe is not None and steps is not None:
         raise ValueError(f"{what}: give nfe or steps, not both")
     if nfe is None:
@@ -179,9 +210,16 @@ def _n_steps(nfe, steps, denoise: bool, what: str, per_step: int = 1) -> int:
     return -(-(nfe - int(denoise)) // per_step)
 
 
-def _sigma_grid(sde, n, schedule, eps, rho, denoise):
-    """Times and sigmas (float64 lists) of ``n`` steps, with ``sigma = 0`` appended for ``denoise``."""
-    t = time_grid(sde, n, schedule, eps, rho)
+def _sigma_grid(sde, n, schedule, eps, rho, denoise, times=None):
+    """Times and sigmas (float64 lists) of ``n`` steps (of :func:`time_grid`, or the given ``times``,
+    checked by :func:`_n_steps`), with ``sigma = 0`` appended for ``denoise``."""
+    if times is None:
+        t = time_grid(sde, n, schedule, eps, rho)
+    elif (schedule, rho) != ("edm", 7.0):
+        raise ValueError(f"times replaces the grid that schedule and rho make; give times or "
+                         f"schedule={schedule!r}/rho={rho}, not both")
+    else:
+        t = torch.tensor(_given_times(times, "times"), dtype=torch.float64)
     sig = sigma_of_t(sde, t)
     t, sig = t.tolist(), sig.tolist()
     if denoise:
@@ -195,8 +233,8 @@ def _sigma_grid(sde, n, schedule, eps, rho, denoise):
 
 @torch.no_grad()
 def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int] = None,
-         steps: Optional[int] = None, schedule: str = "edm", rho: float = 7.0, eps: float = 1e-3,
-         denoise: bool = True, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+         steps: Optional[int] = None, times: Optional[Sequence[float]] = None, schedule: str = "edm",
+         rho: float = 7.0, eps: float = 1e-3, denoise: bool = True, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
          s_noise: float = 1.0, generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None,
          device=None, dtype: torch.dtype = torch.float32, callback: Optional[Callback] = None,
          step_hook: Optional[StepHook] = None, info: Optional[dict] = None) -> torch.Tensor:
@@ -209,13 +247,13 @@ def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
     The step into ``sigma = 0`` is an Euler step. NFE: see the module table.
 
     Returns: samples ``[batch, ...]`` (denoised at ``sigma = 0`` if ``denoise``, else at ``t = eps``)."""
-    n = _n_steps(nfe, steps, denoise, "heun", per_step=2)
+    n = _n_steps(nfe, steps, denoise, "heun", per_step=2, times=times)
     n_euler = (nfe - int(denoise)) % 2 if nfe is not None else 0
     if not s_churn >= 0 or not s_noise > 0 or not s_tmin <= s_tmax:
         raise ValueError(f"need s_churn >= 0, s_noise > 0 and s_tmin <= s_tmax, got s_churn={s_churn}, "
                          f"s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
-    t, sig = _sigma_grid(sde, n, schedule, eps, rho, denoise)
-    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook)
+    t, sig = _sigma_grid(sde, n, schedule, eps, rho, denoise, times)
+    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook, t[0])
     n_int = len(sig) - 1
     gamma = min(s_churn / n_int, math.sqrt(2) - 1)
     churn = [gamma > 0 and s_tmin <= s <= s_tmax for s in sig[:-1]]
@@ -232,7 +270,7 @@ def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
             e_next, _ = model(x_next, t[i + 1])
             x_next = xh + (s_next - s_cur) * 0.5 * (e_cur + e_next)
         xh = model.step_done(i, x_next, t[i + 1], s_next, den)
-    return _finish(xh, model, eps, denoise, info, n_int, "heun")
+    return _finish(xh, model, t[n], denoise, info, n_int, "heun")
 
 
 # --- DDIM ---------------------------------------------------------------------------------------------
@@ -240,7 +278,8 @@ def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
 
 @torch.no_grad()
 def ddim(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int] = None,
-         steps: Optional[int] = None, eta: float = 0.0, schedule: str = "edm", rho: float = 7.0,
+         steps: Optional[int] = None, times: Optional[Sequence[float]] = None, eta: float = 0.0,
+         schedule: str = "edm", rho: float = 7.0,
          eps: float = 1e-3, denoise: bool = True, generator: noise.Generator = None,
          x_T: Optional[torch.Tensor] = None, device=None, dtype: torch.dtype = torch.float32,
          callback: Optional[Callback] = None, step_hook: Optional[StepHook] = None,
@@ -251,11 +290,11 @@ def ddim(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
 
     ``eta = 0`` is deterministic (Euler on the probability-flow ODE in sigma, = DPM-Solver-1);
     ``eta = 1`` is ancestral sampling. One evaluation per step; ``eta`` in ``[0, 1]``."""
-    n = _n_steps(nfe, steps, denoise, "ddim")
+    n = _n_steps(nfe, steps, denoise, "ddim", times=times)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    t, sig = _sigma_grid(sde, n, schedule, eps, rho, denoise)
-    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook)
+    t, sig = _sigma_grid(sde, n, schedule, eps, rho, denoise, times)
+    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook, t[0])
     for i in range(len(sig) - 1):
         e, den = model(xh, t[i])
         s_next = sig[i + 1]
@@ -264,7 +303,7 @@ def ddim(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int
         if s_eta > 0:
             xh = xh + s_eta * noise.randn_like(xh, generator)
         xh = model.step_done(i, xh, t[i + 1], s_next, den)
-    return _finish(xh, model, eps, denoise, info, len(sig) - 1, "ddim")
+    return _finish(xh, model, t[n], denoise, info, len(sig) - 1, "ddim")
 
 
 # --- DPM-Solver ----------------------------------------------------------------------------------------
@@ -287,7 +326,8 @@ def _check_order(order, allowed=(1, 2, 3)):
 
 @torch.no_grad()
 def dpm_solver_singlestep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int] = None,
-                          steps: Optional[int] = None, order: int = 3, schedule: str = "edm",
+                          steps: Optional[int] = None, times: Optional[Sequence[float]] = None,
+                          order: int = 3, schedule: str = "edm",
                           rho: float = 7.0, eps: float = 1e-3, denoise: bool = True,
                           generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None,
                           device=None, dtype: torch.dtype = torch.float32, callback: Optional[Callback] = None,
@@ -296,15 +336,15 @@ def dpm_solver_singlestep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, 
     ``r1 = 1/2``; ``r1 = 1/3, r2 = 2/3``). ``steps``: that many steps of ``order``; ``nfe``: the
     DPM-Solver-fast mix of orders that spends exactly the budget."""
     _check_order(order)
-    n = _n_steps(nfe, steps, denoise, "dpm_solver", per_step=order)
+    n = _n_steps(nfe, steps, denoise, "dpm_solver", per_step=order, times=times)
     orders = _fast_orders(nfe - int(denoise), order) if nfe is not None else [order] * n
-    t, sig = _sigma_grid(sde, len(orders), schedule, eps, rho, False)
+    t, sig = _sigma_grid(sde, len(orders), schedule, eps, rho, False, times)
     # intermediate points at lambda_s + r h, i.e. sigma = sigma_s^(1-r) sigma_t^r
     rs = {1: (), 2: (0.5,), 3: (1 / 3, 2 / 3)}
     mids = [[sig[i] ** (1 - r) * sig[i + 1] ** r for r in rs[k]] for i, k in enumerate(orders)]
     flat = [m for ms in mids for m in ms]
     t_flat = iter(t_of_sigma(sde, flat).tolist() if flat else [])
-    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook)
+    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook, t[0])
     for i, k in enumerate(orders):
         s_s, s_t = sig[i], sig[i + 1]
         h = math.log(s_s / s_t)                         # h = lambda_t - lambda_s, lambda = -log sigma
@@ -329,7 +369,7 @@ def dpm_solver_singlestep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, 
     if denoise:
         den = model(xh, t[-1])[1]
         xh = model.step_done(len(orders), den, 0.0, 0.0, den)
-    return _finish(xh, model, eps, denoise, info, len(orders) + int(denoise), "dpm_solver")
+    return _finish(xh, model, t[-1], denoise, info, len(orders) + int(denoise), "dpm_solver")
 
 
 def _multistep_update(xh, hist, s_s: float, s_t: float, prediction: str):
@@ -373,7 +413,8 @@ def _multistep_update(xh, hist, s_s: float, s_t: float, prediction: str):
 
 @torch.no_grad()
 def dpm_solver_multistep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int] = None,
-                         steps: Optional[int] = None, order: int = 2, prediction: str = "noise",
+                         steps: Optional[int] = None, times: Optional[Sequence[float]] = None,
+                         order: int = 2, prediction: str = "noise",
                          lower_order_final: bool = True, schedule: str = "edm", rho: float = 7.0,
                          eps: float = 1e-3, denoise: bool = True, generator: noise.Generator = None,
                          x_T: Optional[torch.Tensor] = None, device=None, dtype: torch.dtype = torch.float32,
@@ -389,9 +430,9 @@ def dpm_solver_multistep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, n
     _check_order(order)
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
-    n = _n_steps(nfe, steps, denoise, "dpm_solver_multistep")
-    t, sig = _sigma_grid(sde, n, schedule, eps, rho, False)
-    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook)
+    n = _n_steps(nfe, steps, denoise, "dpm_solver_multistep", times=times)
+    t, sig = _sigma_grid(sde, n, schedule, eps, rho, False, times)
+    xh, model = _setup(sde, score_fn, shape, eps, generator, device, dtype, x_T, callback, step_hook, t[0])
     hist: list = []
     for i in range(n):
         e, den = model(xh, t[i])
@@ -404,7 +445,7 @@ def dpm_solver_multistep(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, n
     if denoise:
         den = model(xh, t[-1])[1]
         xh = model.step_done(n, den, 0.0, 0.0, den)
-    return _finish(xh, model, eps, denoise, info, n + int(denoise), "dpm_solver_multistep")
+    return _finish(xh, model, t[-1], denoise, info, n + int(denoise), "dpm_solver_multistep")
 
 
 def dpm_solver_pp_2m(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], **kwargs) -> torch.Tensor:
@@ -424,21 +465,42 @@ dpm_solver_pp_2m.__signature__ = inspect.signature(dpm_solver_multistep).replace
 # --- adaptive reverse-SDE solver ------------------------------------------------------------------
 
 
+BROWNIAN = ("memory", "tree", "redraw")
+BROWNIAN_DEPTH = 32   # levels of the Brownian tree: knots (T - eps) / 2^32 apart (see sdegen.brownian)
+# On a consistent path, W(t - h) moves by ~sqrt(dh) when h moves by dh, so the float32 round-off of the
+# error estimate (it differs with the batch, e.g. in a batched score) would change every later step.
+# Proposed steps are rounded to 4 significant bits (+-3%): round-off then changes a sample's steps only
+# when it straddles a rounding boundary (none in 128 samples tested), not in every run.
+STEP_BITS = 4
+
+
 @torch.no_grad()
 def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: float = 0.01,
                  atol: float = 0.0078, safety: float = 0.9, exponent: float = 0.9, h_init: float = 0.01,
-                 eps: float = 1e-3, denoise: bool = True, max_iters: int = 100_000,
+                 eps: float = 1e-3, denoise: bool = True, max_iters: int = 100_000, brownian: str = "memory",
                  generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None, device=None,
                  dtype: torch.dtype = torch.float32, callback: Optional[Callback] = None,
                  step_hook: Optional[StepHook] = None, info: Optional[dict] = None) -> torch.Tensor:
     """Reverse SDE with adaptive steps (Jolicoeur-Martineau et al. 2021, Algorithm 1).
 
     Per sample, from ``t = T``: ``x' = x + K1`` (Euler-Maruyama), ``x'' = x + (K1 + K2) / 2``
-    (improved Euler, the same ``z`` in both stages); the error ``E = ||(x' - x'') / delta||_2 /
-    sqrt(n)`` with ``delta = max(atol, rtol max(|x'|, |x'_prev|))``; accept ``x''`` (extrapolation)
-    if ``E <= 1``; next ``h = min(t - eps, safety h E^-exponent)``. Each sample has its own ``t`` and
-    ``h``, so with per-sample generators a sample does not depend on its batch. ``atol`` is in data
-    units (the paper's 0.0078 is for data in [-1, 1]). Only samples still running are scored.
+    (improved Euler, the same Brownian increment ``dW`` in both stages); the error ``E = ||(x' - x'') /
+    delta||_2 / sqrt(n)`` with ``delta = max(atol, rtol max(|x'|, |x'_prev|))``; accept ``x''``
+    (extrapolation) if ``E <= 1``; next ``h = min(t - eps, safety h E^-exponent)``. Each sample has its
+    own ``t`` and ``h``, so with per-sample generators a sample does not depend on its batch. ``atol`` is
+    in data units (the paper's 0.0078 is for data in [-1, 1]). Only samples still running are scored.
+
+    ``brownian`` says where ``dW`` over ``[t - h, t]`` comes from (:mod:`sdegen.brownian`):
+
+    - ``"memory"`` (default): ``W(t - h) - W(t)`` of one Brownian path per sample that remembers the
+      points it has drawn (rejection sampling with memory, Rackauckas & Nie 2017), so a rejected step
+      is retried on the same path (the shorter increment is the Brownian bridge's value). Exact; one
+      normal per element per iteration.
+    - ``"tree"``: the same from a virtual Brownian tree (Li et al. 2020) seeded once per sample: the path
+      depends on the seed alone, not on the steps taken (the same path at every tolerance). Exact at
+      knots ``(T - eps) / 2^32`` apart, linear between them; ``33`` normals per element per iteration.
+    - ``"redraw"``: a fresh ``sqrt(h) z`` every iteration, as in the paper's Algorithm 1. Rejection then
+      prefers small ``|z|``, which shrinks the samples' spread: biased; kept for comparison.
 
     ``info`` gets ``nfe`` (batched score calls, 2 per iteration + denoise), ``nfe_per_sample`` (mean
     evaluations per sample), ``accepted`` and ``rejected`` (mean per sample). ``callback`` and
@@ -447,6 +509,8 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
     if not (rtol > 0 and atol > 0 and 0 < safety <= 1 and exponent > 0 and h_init > 0):
         raise ValueError("adaptive_sde needs rtol > 0, atol > 0, 0 < safety <= 1, exponent > 0, h_init > 0; "
                          f"got rtol={rtol}, atol={atol}, safety={safety}, exponent={exponent}, h_init={h_init}")
+    if brownian not in BROWNIAN:
+        raise ValueError(f"unknown brownian {brownian!r}; choose one of {BROWNIAN}")
     check_common(sde, shape, eps, generator)
     if device is None:
         device = x_T.device if x_T is not None else noise.generator_device(generator, "cpu")
@@ -458,7 +522,17 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
     t = torch.full((B,), sde.T, dtype=torch.float64, device=device)
     h = torch.full((B,), min(h_init, sde.T - eps), dtype=torch.float64, device=device)
     x_prev = x.clone()   # x'_prev starts at x_T (official implementation)
+    path = None   # draws come after x_T's, so a given x_T and a drawn one agree
+    if brownian == "tree":
+        path = BrownianTree(tree_seeds(B, generator, device), eps, sde.T, x.shape[1:], BROWNIAN_DEPTH)
+    elif brownian == "memory":
+        path = BrownianMemory(t, x.shape[1:], generator)
+    if path is not None:
+        w = torch.zeros(B, *x.shape[1:], dtype=torch.float64, device=device)   # W(T) = 0 (memory)
+        if brownian == "tree":
+            w = path(t)   # W(t) of every sample at its current time (float64)
     calls, scored, accepted, rejected = 0, 0, 0, 0
+    denoised = torch.zeros_like(x)
     for it in range(max_iters + 1):
         active = (t - eps) > 1e-12 * sde.T
         if not active.any():
@@ -466,15 +540,21 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
         if it == max_iters:
             raise RuntimeError(f"adaptive_sde did not reach t = eps in {max_iters} iterations; "
                                "loosen rtol/atol")
-        z_all = noise.randn_like(x, generator)         # every sample draws every iteration
         idx = active.nonzero().squeeze(1)
-        xa, ta, ha, z = x[idx], t[idx], h[idx], z_all[idx]
+        xa, ta, ha = x[idx], t[idx], h[idx]
+        t_next = (ta - ha).clamp(eps, sde.T)   # t - h >= eps up to rounding
+        if path is not None:
+            w_next = path(t_next, idx)
+            dw = (w_next - w[idx]).to(dtype)                          # W(t - h) - W(t) ~ N(0, h)
+        else:
+            z_all = noise.randn_like(x, generator)                     # every sample draws every iteration
+            dw = bcast(ha.sqrt().to(dtype), xa) * z_all[idx]
         hb = bcast(ha, xa)
         drift, g = reverse.sde(xa, ta.to(dtype))
-        k1 = -hb * drift + bcast(g * ha.sqrt().to(dtype), xa) * z      # Euler-Maruyama increment
+        k1 = -hb * drift + bcast(g, xa) * dw                          # Euler-Maruyama increment
         x1 = xa + k1
-        drift2, g2 = reverse.sde(x1, (ta - ha).to(dtype))
-        k2 = -hb * drift2 + bcast(g2 * ha.sqrt().to(dtype), xa) * z
+        drift2, g2 = reverse.sde(x1, t_next.to(dtype))
+        k2 = -hb * drift2 + bcast(g2, xa) * dw
         x2 = xa + 0.5 * (k1 + k2)                                      # improved Euler (Heun)
         calls, scored = calls + 2, scored + 2 * idx.numel()
         delta = torch.maximum(rtol * torch.maximum(x1.abs(), x_prev[idx].abs()),
@@ -484,15 +564,23 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
             raise FloatingPointError(f"adaptive_sde: non-finite error estimate at iteration {it}")
         ok = err <= 1.0
         okb = bcast(ok, xa).bool()
-        x[idx] = torch.where(okb, x2, xa)
+        x = x.index_put((idx,), torch.where(okb, x2, xa))   # a new tensor: reported states stay as reported
         x_prev[idx] = torch.where(okb, x1, x_prev[idx])
-        t_new = torch.where(ok, ta - ha, ta)
+        if path is not None:
+            w[idx] = torch.where(bcast(ok, w_next).bool(), w_next, w[idx])
+            path.advance(t_next[ok], idx[ok])
+        t_new = torch.where(ok, t_next, ta)
         t[idx] = t_new
-        h[idx] = torch.minimum((t_new - eps).clamp_min(0.0),
-                               safety * ha * err.clamp_min(1e-10) ** -exponent)
+        h_new = safety * ha * err.clamp_min(1e-10) ** -exponent
+        if path is not None:   # see STEP_BITS
+            mant, expo = torch.frexp(h_new)
+            h_new = torch.ldexp(torch.round(mant * 2.0 ** STEP_BITS) / 2.0 ** STEP_BITS, expo)
+        h[idx] = torch.minimum((t_new - eps).clamp_min(0.0), h_new)
         accepted, rejected = accepted + int(ok.sum()), rejected + int((~ok).sum())
         x = steps.hook(x, t)
-        steps.report(it, t, x)
+        if steps.callback is not None:   # each sample's Tweedie estimate at its own latest evaluation
+            denoised = denoised.index_put((idx,), steps.denoised())
+            steps.report(it, t, x, denoised)
     if denoise:
         a, s = sde.marginal_coeffs(torch.tensor([eps], dtype=torch.float64))
         a, s = a.item(), s.item()
@@ -530,6 +618,8 @@ def solve(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, solver: str, nfe
         solver: a key of :data:`SOLVERS`.
         nfe: exact budget of score evaluations (fixed-step solvers; see the module table), or
         steps: the number of steps. ``adaptive_sde`` takes neither (its knob is ``rtol``/``atol``).
+            The fixed-step solvers also take ``times`` (a float64 grid, instead of nfe/steps/schedule;
+            see the module doc).
         schedule: ``"edm"`` (default), ``"uniform"`` or ``"logsnr"``; not for ``adaptive_sde``.
         eps: the last time of the grid; generator: see :mod:`sdegen.noise`.
         solver_options: the solver's own keyword arguments (``s_churn``, ``eta``, ``order``,

@@ -134,3 +134,25 @@ def test_a_non_finite_score_is_named_before_the_ode_solver_fails():
     sde = VPSDE()
     with pytest.raises(FloatingPointError, match="score_fn returned non-finite"):
         generate(sde, lambda x, t: torch.full_like(x, float("nan")), (4, 2), sampler="ode")
+
+
+PC_KEYS = ("predictor", "corrector", "snr", "n_corrector_steps", "snr_norm", "eps", "denoise")
+
+
+def test_the_config_schema_takes_the_samplers_defaults():
+    from sdegen.train.config import SamplingConfig
+    pc, cfg = sampler_defaults("pc"), SamplingConfig()
+    assert {k: getattr(cfg, k) for k in PC_KEYS} == {k: pc[k] for k in PC_KEYS}
+    name, options = cfg.sampler()
+    assert name == "pc" and {k: options[k] for k in PC_KEYS} == {k: pc[k] for k in PC_KEYS}
+
+
+@pytest.mark.parametrize("argv", [["sample", "runs/x"], ["table", "runs/x"], ["toy"]], ids=lambda a: a[0])
+def test_cli_flags_leave_sampler_options_to_the_sampler(argv):
+    # a flag either is unset (None: the run's config or the sampler decides) or says the sampler's default
+    from sdegen.cli import build_parser
+    args = build_parser().parse_args(argv)
+    pc = sampler_defaults("pc")
+    for key in ("snr", "n_corrector_steps", "snr_norm", "eps", "predictor", "corrector", "order"):
+        if hasattr(args, key):
+            assert getattr(args, key) in (None, pc[key]), (argv[0], key, getattr(args, key))

@@ -259,9 +259,23 @@ def test_cifar10_forbidden_global_is_refused_not_run(tmp_path):
     with pytest.raises(DataError, match=r"refus.*mkdir"):
         get_dataset("cifar10", tmp_path, split="test")
     assert not marker.exists()
-    # a Python 3 protocol-2 pickle of bytes needs _codecs.encode: also refused
-    with pytest.raises(DataError, match="_codecs"):
-        read_cifar_batch(pickle.dumps({b"data": b"abc"}, protocol=2))
+    # _codecs.encode is allowed only as protocol-2 pickles of bytes use it: latin1 text to bytes
+    import codecs
+
+    class Rot13:
+        def __reduce__(self):
+            return codecs.encode, ("abc", "rot13")
+    with pytest.raises(DataError, match=r"refus.*_codecs.encode .* 'rot13'"):
+        read_cifar_batch(pickle.dumps({b"data": Rot13()}, protocol=2))
+
+
+def test_cifar10_batch_pickled_by_python3_with_protocol_2_loads():
+    data = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
+    raw = pickle.dumps({b"batch_label": b"testing batch 1 of 1", b"labels": [0, 9, 4], b"data": data,
+                        b"filenames": [b"a.png", b"b.png", b"c.png"]}, protocol=2)
+    assert b"_codecs" in raw                       # how Python 3 pickles bytes with protocol 2
+    images, labels = read_cifar_batch(raw, "b")
+    assert np.array_equal(images.reshape(3, 3072), data) and labels.tolist() == [0, 9, 4]
 
 
 def test_cifar10_malformed_and_missing(cifar, tmp_path):

@@ -7,8 +7,9 @@ import torch
 from torch.nn import functional as F
 
 from sdegen import noise
-from sdegen.ddls import StandardNormal, calibrate_logit, ddls, latent_energy
-from sdegen.nets.dcgan import DCGANDiscriminator, DCGANGenerator, load_csinva_dcgan
+from sdegen.gan.ddls import StandardNormal, calibrate_logit, ddls, latent_energy
+from sdegen.gan.io import load_csinva_dcgan
+from sdegen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from sdegen.nets.gan_mlp import MLPDiscriminator, MLPGenerator
 from sdegen.toy import GaussianMixture
 
@@ -179,7 +180,7 @@ def test_csinva_loading_errors(tmp_path):
     with pytest.raises(ValueError, match="csinva DCGAN generator"):
         load_csinva_dcgan(d_path, g_path)                                   # swapped
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a PyTorch state dict"):
+    with pytest.raises(ValueError, match="junk.pth is corrupt or not a checkpoint this tool trusts"):
         load_csinva_dcgan(tmp_path / "junk.pth", d_path)
     bad = dict(dsd)
     bad["main.3.weight"] = torch.ones(7)
@@ -336,3 +337,58 @@ def test_cli_calibrate_makes_ddls_invariant_to_the_logit_scale(tmp_path, capsys)
         _cli_ddls(base + ["--calibrate", "--data", "grid25"])
     with pytest.raises(UsageError, match="mnist"):
         _cli_ddls(base + ["--calibrate", "--data", "mnist", "--data-root", tmp_path / "none"])
+
+
+# --- bad input: clear errors (Python API and CLI), outputs never overwritten silently ---------------
+
+def small_gan():
+    torch.manual_seed(0)
+    return MLPGenerator(2, 2, 16, 2), MLPDiscriminator(2, 16, 2)
+
+
+def test_ddls_refuses_bad_arguments_with_clear_errors():
+    G, D = small_gan()
+    kw = dict(step_size=0.01, n_steps=2)
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
+        ddls(G, D, n=0, **kw)
+    with pytest.raises(TypeError, match="n_steps must be an integer >= 0, got float 2.5"):
+        ddls(G, D, n=3, step_size=0.01, n_steps=2.5)
+    with pytest.raises(ValueError, match=r"z0 holds latents of shape \[3\]; the generator takes \[2\]"):
+        ddls(G, D, torch.zeros(4, 3), **kw)
+    with pytest.raises(ValueError, match=r"latent_shape \[3\] does not fit the generator"):
+        ddls(G, D, n=4, latent_shape=(3,), **kw)
+    with pytest.raises(TypeError, match="z0 is torch.float64 but the generator's weights are torch.float32"):
+        ddls(G, D, torch.zeros(4, 2, dtype=torch.float64), **kw)
+    with pytest.raises(TypeError, match="generator must be None, a torch.Generator"):
+        ddls(G, D, n=4, rng=0, **kw)
+    with pytest.raises(ValueError, match="n=5 does not match z0 with 4 chains"):
+        ddls(G, D, torch.zeros(4, 2), n=5, **kw)
+
+
+def test_cli_ddls_job_errors_and_outputs(tmp_path, capsys):
+    from sdegen.cli.common import UsageError
+    from sdegen.gan import save_net
+
+    G, D = small_gan()
+    save_net(G, tmp_path / "g.pt")
+    save_net(D, tmp_path / "d.pt")
+    common = ["--generator", tmp_path / "g.pt", "--discriminator", tmp_path / "d.pt", "--n", 5, "--batch-size", 2,
+              "--steps", 3, "--no-progress"]
+    with pytest.raises(UsageError, match=r"became non-finite at step \d+; lower --step-size \(now 1e\+06\)") as e:
+        _cli_ddls(common + ["--steps", 20, "--step-size", 1e6, "--out", tmp_path / "big.npz"])
+    assert len(str(e.value).splitlines()) == 1
+    assert not (tmp_path / "big.npz").exists() and not (tmp_path / "big.npz.shards").exists()
+    out = tmp_path / "s.npz"
+    assert _cli_ddls(common + ["--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert f"grid -> {tmp_path / 's.png'}" in printed and f"chain plot -> {tmp_path / 's_chain.png'}" in printed
+    assert (tmp_path / "s.png").is_file() and (tmp_path / "s_chain.png").is_file()
+    stamp = out.stat().st_mtime_ns
+    assert _cli_ddls(common + ["--out", out]) == 0                       # the same job: nothing to do
+    assert "is finished already" in capsys.readouterr().out and out.stat().st_mtime_ns == stamp
+    with pytest.raises(UsageError, match="s.npz exists; give --overwrite"):
+        _cli_ddls(common + ["--out", out, "--seed", 1])
+    assert _cli_ddls(common + ["--out", out, "--seed", 1, "--overwrite"]) == 0
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(UsageError, match="is a folder"):
+        _cli_ddls(common + ["--out", tmp_path / "d.npz"])

@@ -2,6 +2,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from sdegen.evaluation import (dequantization_offset, likelihood_bpd, likelihood
 from sdegen.sde import SubVPSDE, VESDE, VPSDE
 from sdegen.toy import GaussianMixture
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "score_sde_format"
+SHARED = Path(__file__).resolve().parent / "data" / "score_sde_format"  # interop vectors
 EPS = 1e-5
 TRAIN = ["training.batch_size=16", "training.tensorboard=false", "training.sample_every=0", "training.log_every=12",
          "training.ckpt_every=1000", "sampling.n=1", "sampling.steps=25", "optim.warmup=0"]
@@ -110,7 +111,9 @@ def test_likelihood_cli(ve_run, tmp_path, capsys):
     rc = _main(["likelihood", ve_run, "--n", "4", "--batch-size", "4", "--rtol", "1e-2", "--atol", "1e-2",
                 "--device", "cpu", "--json", str(out)])
     assert rc == 0
-    assert "bits/dim" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "bits/dim" in captured.out
+    assert "likelihood: 4/4 items, mean NLL" in captured.err     # stderr is no terminal: a line per batch
     r = json.loads(out.read_text())
     assert r["unit"] == "bpd" and r["data"] == "digits" and r["split"] == "test" and not r["centered"]
     assert r["offset"] == pytest.approx(math.log2(17))          # 17-level digits in [0, 1]
@@ -162,7 +165,7 @@ def test_table_cell_is_the_fd_of_the_sample_commands_samples():
     table = run_table(model, DigitsFeatures(), ref, n=6, batch_size=4, seed=4, steps_scale=0.021,
                       rows=["reverse diffusion"], metric="FD-digits")
     assert table["columns"] == ["P21", "P42", "PC21"] and table["rows"] == ["reverse diffusion"]
-    x = draw(model, range(6), 4, SamplerOptions(predictor="reverse_diffusion", corrector=None, steps=21))
+    x = draw(model, range(6), 4, SamplerOptions("pc", {"predictor": "reverse_diffusion", "corrector": None, "steps": 21}))
     assert table["values"]["reverse diffusion"]["P21"] == pytest.approx(fd_digits(x, ref, value_range=(-1, 1)),
                                                                        rel=1e-4)
     nfe = {c["column"]: c["nfe_per_sample"] for c in table["cells"]}
@@ -176,7 +179,12 @@ def test_table_cli(ve_run, tmp_path, capsys):
     rc = _main(["table", ve_run, "--n", "6", "--batch-size", "6", "--steps-scale", "0.02", "--metric", "fd-digits",
                 "--ode-rtol", "1e-3", "--ode-atol", "1e-3", "--json", str(js), "--markdown", str(md)])
     assert rc == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    logged = [x for x in captured.err.splitlines() if x.startswith("table: cell ")]   # a line per finished cell
+    assert [x.split(":")[1] for x in logged] == [f" cell {i}/7 " + r for i, r in enumerate(
+        ["ancestral sampling P20", "ancestral sampling P40", "ancestral sampling PC20", "reverse diffusion P20",
+         "reverse diffusion P40", "reverse diffusion PC20", "probability flow ODE"], 1)]
     t = json.loads(js.read_text())
     assert t["columns"] == ["P20", "P40", "PC20", "ODE"] and t["sde"] == "VESDE" and t["metric"] == "FD-digits"
     assert t["rows"] == ["ancestral sampling", "reverse diffusion", "probability flow"]
@@ -194,7 +202,86 @@ def test_table_cli(ve_run, tmp_path, capsys):
     assert "failed" not in text
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"interop vectors not found at {SHARED}")
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory):
+    from sdegen.metrics import inception as inc
+
+    path = tmp_path_factory.getbasetemp() / "random-inception.pth"  # shared by the test files of a session
+    return path if path.is_file() else inc.save_random_inception_weights(path, seed=0)
+
+
+def _fid_suite(ve_run, tmp_path, capsys, n: int, ref, argv) -> list[dict]:
+    """`sdegen fid --metrics` on the samples of the table's probability-flow cell, drawn again."""
+    import argparse
+
+    import numpy as np
+
+    from sdegen.cli import fid as fid_cli
+    from sdegen.evaluation import Cell, cell_options
+    from sdegen.sampling import sampler_defaults
+    from sdegen.train import draw, load_run
+
+    model = load_run(ve_run)
+    options = cell_options(Cell("probability flow", "ODE", None, None, None), eps=sampler_defaults("pc")["eps"],
+                           ode_rtol=1e-3, ode_atol=1e-3)
+    x = draw(model, range(n), 0, options)
+    samples = tmp_path / "cell.npz"
+    np.savez(samples, samples=((model.to_signed(x) + 1) / 2).clamp(0, 1).numpy())   # as the table sees them
+    parser = argparse.ArgumentParser()
+    fid_cli.add_arguments(parser)
+    assert fid_cli.run(parser.parse_args([str(samples), "--ref", str(ref), *argv])) == 0
+    return [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+
+
+def _table_suite(ve_run, capsys, n: int, argv) -> tuple[list[dict], str]:
+    assert _main(["table", ve_run, "--n", str(n), "--batch-size", "8", "--rows", "probability_flow", "--ode-rtol",
+                  "1e-3", "--ode-atol", "1e-3", *argv]) == 0
+    out = capsys.readouterr().out
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{")], out
+
+
+def _same_figures(got: list[dict], want: list[dict]) -> None:
+    assert [r["metric"] for r in got] == [r["metric"] for r in want]
+    for g, w in zip(got, want):
+        assert g["values"] == pytest.approx(w["values"], rel=1e-4, abs=1e-6), g["metric"]
+        assert (g["blocks"], g["block_count"], g.get("ref_count")) == (w["blocks"], w["block_count"], w.get("ref_count"))
+        assert g.get("bias_scale", 0.0) == pytest.approx(w.get("bias_scale", 0.0), rel=1e-4)
+        assert g["mean"] == pytest.approx(np.mean(g["values"])) and g["std"] == pytest.approx(np.std(g["values"]))
+
+
+def test_table_metrics_over_seeds_are_sdegen_fid_on_the_cell(ve_run, tmp_path, capsys):
+    """`table --metrics --seeds`: one JSON line per metric of each cell (mean and std over the blocks), kept in
+    the cell's record of the JSON, equal to what `sdegen fid --metrics` gives on that cell's samples; the
+    markdown table is still the main metric's, over all samples."""
+    js = tmp_path / "t.json"
+    lines, out = _table_suite(ve_run, capsys, 8, ["--metrics", "fd-digits", "--seeds", "2", "--json", str(js)])
+    assert [(r["metric"], r["row"], r["column"], r["blocks"]) for r in lines] == [("fd-digits", "probability flow",
+                                                                                    "ODE", 2)]
+    assert "| FD-digits | ODE |" in out
+    t = json.loads(js.read_text())
+    assert t["metrics"] == ["fd-digits"] and t["seeds"] == 2
+    assert [{k: v for k, v in r.items() if k not in ("count", "row", "column", "model", "ref")} for r in lines] == \
+        t["cells"][0]["metrics"]
+    from sdegen.metrics.fd_digits import load_digits_split
+
+    ref = tmp_path / "digits.npz"   # the table's default reference: the 1797 digits
+    np.savez(ref, samples=load_digits_split("all")[0].numpy())
+    _same_figures(lines, _fid_suite(ve_run, tmp_path, capsys, 8, ref, ["--metrics", "fd-digits", "--seeds", "2"]))
+
+
+def test_table_inception_metrics_are_sdegen_fid_on_the_cell(ve_run, random_inception, tmp_path, capsys):
+    """KID, IS and precision/recall (random Inception weights) of a cell: `sdegen fid --metrics`'s figures."""
+    from sdegen.metrics.fd_digits import load_digits_split
+
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, samples=load_digits_split("test")[0][:4].numpy())   # 4 digits as images, floats in [0, 1]
+    w = ["--inception-weights", str(random_inception), "--device", "cpu"]
+    lines, out = _table_suite(ve_run, capsys, 4, ["--metrics", "kid,is,prc", "--ref", str(ref), *w])
+    assert [(r["metric"], r["column"]) for r in lines] == [(m, "ODE") for m in ("kid", "is", "precision", "recall")]
+    assert "| FD-digits | ODE |" in out and all(r["ref"] == str(ref) for r in lines if r["metric"] != "is")
+    _same_figures(lines, _fid_suite(ve_run, tmp_path, capsys, 4, ref, ["--metrics", "kid,is,prc", *w]))
+
+
 def test_table_cli_official_checkpoint(tmp_path):
     js = tmp_path / "t.json"
     rc = _main(["table", "--from-score-sde", str(SHARED / "ddpmpp_vp_continuous.checkpoint.pth"),
@@ -221,6 +308,11 @@ def test_cli_errors(ve_run, tmp_path, capsys):
     _error(capsys, ["table", ve_run, "--metric", "fid"], "--metric fid needs --ref")
     _error(capsys, ["table", ve_run, "--rows", "langevin"], "unknown row")
     _error(capsys, ["table", "--from-score-sde", missing], "needs --config")
+    _error(capsys, ["table", ve_run, "--metrics", "fd-digits,kid"], "--metrics kid needs --ref")
+    _error(capsys, ["table", ve_run, "--metrics", "fd-digits,psnr"], "--metrics: unknown metric(s) ['psnr']")
+    _error(capsys, ["table", ve_run, "--seeds", "2"], "--seeds splits the samples of --metrics")
+    _error(capsys, ["table", ve_run, "--n", "6", "--metrics", "fd-digits", "--seeds", "4"],
+           "6 samples cannot make 4 blocks")
     _error(capsys, ["likelihood", ve_run, "--data", "nope"], "unknown data set")
     _error(capsys, ["likelihood", ve_run, "--data", "gauss3"], "shape [2]")
     _error(capsys, ["likelihood", ve_run, "--n", "300"], "only 297 items")

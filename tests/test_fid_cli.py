@@ -138,3 +138,67 @@ def test_user_mistakes(tmp_path):
         cli(stats_cli, tmp_path / "empty", "--out", tmp_path / "e.npz", *fd)
     with pytest.raises(SystemExit):
         cli(fid_cli, good, "--ref", ref, "--seeds", "0")
+
+
+def test_metrics_suite_one_json_line_per_metric(tmp_path, random_inception, capsys):
+    """`--metrics fid,kid,is,prc`: a set against itself has FID 0 and precision = recall = 1; a shifted set
+    does not; each line's mean and std are those of its per-block values."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    same = save_samples(tmp_path / "same.npz", images)
+    w = ["--inception-weights", random_inception, "--device", "cpu"]
+    assert cli(fid_cli, same, "--ref", same, "--metrics", "fid,kid,is,prc", "--json", tmp_path / "r.jsonl", *w) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["metric"] for r in lines] == ["fid", "kid", "is", "precision", "recall"]
+    assert (tmp_path / "r.jsonl").read_text().splitlines() == [json.dumps(r) for r in lines]
+    by = {r["metric"]: r for r in lines}
+    assert abs(by["fid"]["mean"]) < 1e-3 and by["fid"]["bias_scale"] > 0
+    assert by["precision"]["mean"] == by["recall"]["mean"] == 1.0
+    assert by["is"]["mean"] >= 1.0 and by["is"]["splits"] == 6 and by["kid"]["subset_size"] == 6
+
+    darker = save_samples(tmp_path / "darker.npz", (images // 4).astype(np.uint8))
+    cli(fid_cli, darker, "--ref", same, "--metrics", "fid,prc", *w)
+    lines = {r["metric"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert lines["fid"]["mean"] > 100 * max(abs(by["fid"]["mean"]), 1e-3) and lines["precision"]["mean"] < 1.0
+
+
+def test_frechet_small_sample_warning_reports_the_bias_scale(tmp_path, capsys):
+    x = load_digits_split("test")[0][:64]
+    samples = save_samples(tmp_path / "s.npz", x.numpy())
+    cli(fid_cli, samples, "--ref", "digits", "--metric", "fd-digits", "--seeds", "3", "--json", tmp_path / "r.json")
+    err = capsys.readouterr().err
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert "FD-digits from 21 < 360 samples is biased upwards" in err and f"{record['bias_scale']:.4g}" in err
+    cli(fid_cli, samples, "--ref", "digits", "--metrics", "fd-digits", "--seeds", "3")
+    out = capsys.readouterr()
+    line = json.loads(out.out)
+    assert "FD-digits from 21 < 360" in out.err and line["bias_scale"] == pytest.approx(record["bias_scale"])
+    assert line["values"] == pytest.approx(record["values"]) and line["block_count"] == 21
+    assert line["mean"] == pytest.approx(np.mean(line["values"])) and line["std"] == pytest.approx(np.std(line["values"]))
+
+
+def test_file_errors_are_one_line_naming_the_file(tmp_path):
+    """Checked before any network loads: with the default metric (FID) and no Inception weights anywhere,
+    the error is about the file, not the weights."""
+    good = save_samples(tmp_path / "good.npz", np.zeros((4, 8, 8, 1), np.uint8))
+    np.savez(tmp_path / "objects.npz", samples=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(UsageError, match=r"objects.npz: 'samples' holds Python objects"):
+        cli(fid_cli, tmp_path / "objects.npz", "--ref", good)
+    (tmp_path / "notes.txt").write_text("not images")
+    with pytest.raises(UsageError, match=r"notes.txt: not an .npz file nor a folder of images"):
+        cli(fid_cli, tmp_path / "notes.txt", "--ref", good)
+    with pytest.raises(UsageError, match=r"missing.npz: no such file"):
+        cli(fid_cli, tmp_path / "missing.npz", "--ref", good)
+    with pytest.raises(UsageError, match=r"cifar10_train.npz: no such file"):
+        cli(fid_cli, good, "--ref", tmp_path / "cifar10_train.npz")
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    with pytest.raises(UsageError, match=r"a.png: not a readable image"):
+        cli(fid_cli, folder, "--ref", good, "--metric", "fd-digits")
+    ref = tmp_path / "ref.npz"
+    save_stats(ref, digits_stats(load_digits_split("train")[0]))
+    with pytest.raises(UsageError, match="kid need the reference's features"):
+        cli(fid_cli, good, "--ref", ref, "--metrics", "fid,kid")
+    with pytest.raises(UsageError, match=r"--metrics: unknown metric\(s\) \['fdd'\]"):
+        cli(fid_cli, good, "--ref", ref, "--metrics", "fid,fdd")

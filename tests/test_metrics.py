@@ -199,7 +199,7 @@ def test_inception_weights_resolution(tmp_path, monkeypatch, random_inception):
     with pytest.raises(ValueError, match="does not hold Inception-v3 weights"):
         inc.InceptionV3(tmp_path / "wrong.pth", device="cpu")
     torch.save({"when": Path("x")}, tmp_path / "pickled.pth")  # an object that needs code to unpickle
-    with pytest.raises(ValueError, match="not a plain state dict"):
+    with pytest.raises(ValueError, match="pickled.pth is not a checkpoint this tool trusts"):
         inc.InceptionV3(tmp_path / "pickled.pth", device="cpu")
 
 

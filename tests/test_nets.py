@@ -12,8 +12,7 @@ from sdegen.nets import (NETWORKS, PRESETS, build_network, load_score_sde_checkp
 from sdegen.nets import resample
 from sdegen.nets.layers import FIRConv2d
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "score_sde_format"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"interop vectors not found at {SHARED}")
+SHARED = Path(__file__).resolve().parent / "data" / "score_sde_format"  # interop vectors (README there)
 
 VECTORS = {  # vector name -> the preset describing the same network
     "ncsnpp_ve_continuous": "ncsnpp_ve_continuous_small",
@@ -44,7 +43,6 @@ def _output(net: torch.nn.Module, io: dict) -> torch.Tensor:
 
 # --- official checkpoints ---------------------------------------------------------------------------
 
-@needs_shared
 @pytest.mark.parametrize("name", sorted(VECTORS))
 def test_official_checkpoint_reproduces_outputs(name):
     config, io = _vector(name)
@@ -56,7 +54,6 @@ def test_official_checkpoint_reproduces_outputs(name):
     assert (ema - raw).abs().max() > 1e-2  # the EMA weights are used by default, not the raw ones
 
 
-@needs_shared
 @pytest.mark.parametrize("name", sorted(VECTORS))
 def test_preset_equals_vector_config(name):
     config, io = _vector(name)
@@ -71,7 +68,6 @@ def test_preset_equals_vector_config(name):
         assert official[key] == preset[key], key
 
 
-@needs_shared
 def test_uncentered_models_map_inputs_to_minus_one_one():
     config, io = _vector("ncsnpp_ve_continuous")  # trained with data_centered = false
     assert config["data_centered"] is False
@@ -80,7 +76,6 @@ def test_uncentered_models_map_inputs_to_minus_one_one():
     assert (_output(net, io) - io["output_ema"]).abs().max() > 1e-3
 
 
-@needs_shared
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_full_size_architecture_matches_manifest(name):
     manifest = json.loads((SHARED / f"{name}.full_manifest.json").read_text())
@@ -96,7 +91,7 @@ def test_full_size_architecture_matches_manifest(name):
 
 def _input(name: str, batch: int = 2) -> torch.Tensor:
     opts = PRESETS[name]
-    if opts["name"] == "mlp":
+    if "dim" in opts:   # mlp, mlp_classifier
         return torch.randn(batch, opts["dim"])
     return torch.rand(batch, opts["num_channels"], opts["image_size"], opts["image_size"])
 
@@ -105,7 +100,7 @@ def _input(name: str, batch: int = 2) -> torch.Tensor:
 def test_every_preset_builds_and_maps_shapes(name):
     opts = PRESETS[name]
     assert opts["name"] in NETWORKS
-    assert opts["conditioning"] in ("sigma", "t999") and opts["parametrization"] in ("score", "eps")
+    assert opts["conditioning"] in ("sigma", "t999") and opts["parametrization"] in ("score", "eps", "logits")
     labels = torch.tensor([0.5, 20.0]) if opts["conditioning"] == "sigma" else torch.tensor([10.0, 900.0])
     if name.startswith("cifar10"):  # full size: propagate shapes only
         with torch.device("meta"):
@@ -115,7 +110,8 @@ def test_every_preset_builds_and_maps_shapes(name):
     torch.manual_seed(0)
     net, x = build_network(name), _input(name)
     y = net(x, labels)
-    assert y.shape == x.shape and torch.isfinite(y).all()
+    out_shape = (2, opts["num_classes"]) if opts["parametrization"] == "logits" else x.shape   # classifiers
+    assert y.shape == out_shape and torch.isfinite(y).all()
     # Each sample is processed on its own: a batch of one gives the same answer.
     torch.testing.assert_close(net(x[:1], labels[:1]), y[:1], atol=1e-5, rtol=1e-5)
 
@@ -227,7 +223,7 @@ def test_missing_checkpoint_is_file_not_found(tmp_path):
 def test_wrong_file_formats_are_rejected(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="garbage.pth is corrupt or not a checkpoint this tool trusts"):
         load_score_sde_checkpoint(garbage, "tiny8")
     plain = tmp_path / "plain.pth"
     torch.save(build_network("tiny8").state_dict(), plain)  # a bare state dict, not the official format
@@ -247,7 +243,6 @@ def test_round_trip_of_an_official_style_checkpoint(tmp_path):
         torch.testing.assert_close(p, e)
 
 
-@needs_shared
 def test_mismatched_config_names_offending_keys():
     ve = SHARED / "ncsnpp_ve_continuous.checkpoint.pth"
     with pytest.raises(ValueError, match=r"all_modules\.0\.W"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sdegen import solvers, toy
+from sdegen.brownian import BrownianMemory, BrownianTree, mix64, tree_seeds
 from sdegen.noise import per_sample_generators
 from sdegen.score import CountingScore
 from sdegen.sde import SubVPSDE, VESDE, VPSDE
@@ -176,7 +177,7 @@ def test_adaptive_reports_its_nfe():
 # --- determinism and generators -------------------------------------------------------------------
 
 STOCHASTIC = [dict(solver="heun", nfe=15, s_churn=20.0), dict(solver="ddim", nfe=10, eta=1.0),
-              dict(solver="adaptive_sde", rtol=0.05)]
+              dict(solver="adaptive_sde", rtol=0.05), dict(solver="adaptive_sde", rtol=0.05, brownian="tree")]
 
 
 @pytest.mark.parametrize("opts", FIXED[:1] + STOCHASTIC, ids=str)
@@ -224,12 +225,88 @@ def test_stochastic_samplers_match_mixture_moments(sde, opts):
 
 
 def test_adaptive_sde_matches_mixture_moments_in_16d():
-    """In 16-D, where the scaled error norm averages over many coordinates; in 2-D, redrawing the
-    Brownian increment after a rejection biases the spread (see the solver's notes)."""
+    """In 16-D, where the scaled error norm averages over many coordinates (2-D: test_contract.py)."""
     sde, mix = VPSDE(), toy.gmm16d()
     x = solve(sde, mix.score_fn(sde), (1500, 16), solver="adaptive_sde", rtol=0.005, generator=gen(1))
     rep = mix.moment_report(x)
     assert max(rep["weights_z"], rep["means_z"], rep["covs_z"]) < 5.0, rep
+
+
+# --- the adaptive solver's Brownian path -------------------------------------------------------------
+
+def _path(kind, t_start, n_paths, seed=0):
+    if kind == "tree":
+        return BrownianTree(tree_seeds(n_paths, gen(seed)), EPS, 1.0, (2,))
+    return BrownianMemory(torch.full((n_paths,), t_start, dtype=torch.float64), (2,), gen(seed))
+
+
+@pytest.mark.parametrize("kind", ["memory", "tree"])
+def test_brownian_increments_are_consistent_and_have_variance_h(kind):
+    """A step [t, t - h] rejected and retried as [t, t - h/2] + [t - h/2, t - h] sees the same path; the
+    pieces are independent N(0, h/2) and a later step past the known points is a fresh N(0, h)."""
+    t, h, n = 0.7, 0.1, 4000
+    path = _path(kind, t, n)
+    w0 = path(torch.full((n,), t))
+    full = path(torch.full((n,), t - h))                     # the rejected step
+    half = path(torch.full((n,), t - h / 2))                 # the retry: a Brownian bridge value
+    assert torch.equal(path(torch.full((n,), t - h)), full)  # the same point, the same value
+    first, second = half - w0, full - half
+    assert torch.allclose(first + second, full - w0, rtol=0, atol=1e-12)
+    path.advance(torch.full((n,), t - h / 2))                # accept the half step
+    assert torch.equal(path(torch.full((n,), t - h)), full)  # the rest of the rejected step is kept
+    path.advance(torch.full((n,), t - h))
+    beyond = path(torch.full((n,), t - 2 * h)) - full        # past every known point
+    pieces = torch.stack([first.flatten(), second.flatten(), beyond.flatten()])   # 2n draws each
+    m = pieces.shape[1]
+    var = pieces.var(1)
+    expected = torch.tensor([h / 2, h / 2, h], dtype=torch.float64)
+    assert torch.all((var / expected - 1).abs() < 5 * math.sqrt(2 / (m - 1))), var   # 5 standard errors
+    corr = torch.corrcoef(pieces)
+    assert (corr - torch.eye(3, dtype=torch.float64)).abs().max() < 5 / math.sqrt(m), corr
+
+
+@pytest.mark.parametrize("kind", ["memory", "tree"])
+def test_brownian_path_depends_on_its_own_generator_only(kind):
+    def values(indices):
+        g = per_sample_generators(5, indices)
+        if kind == "tree":
+            path = BrownianTree(tree_seeds(len(g), g), EPS, 1.0, (2,))
+        else:
+            path = BrownianMemory(torch.full((len(g),), 0.7, dtype=torch.float64), (2,), g)
+        return torch.stack([path(torch.full((len(g),), s)) for s in (0.6, 0.55, 0.62)], 1)
+
+    batch, alone = values(range(3)), values([1])
+    assert torch.equal(batch[1:2], alone)
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_tree_hash_is_splitmix64():
+    # SplitMix64 seeded with 1234567: first output 6457827717110365317 (int64 products wrap as needed)
+    out = mix64(torch.tensor([1234567 + 0x9E3779B97F4A7C15 - (1 << 64)]))
+    assert out.item() % (1 << 64) == 6457827717110365317
+
+
+def test_brownian_memory_refuses_to_go_back():
+    path = BrownianMemory(torch.full((3,), 0.5, dtype=torch.float64), (2,), gen())
+    with pytest.raises(ValueError, match="towards smaller times"):
+        path(torch.full((3,), 0.6))
+    with pytest.raises(ValueError, match="only advance to a time it was queried at"):
+        path.advance(torch.full((3,), 0.4))
+
+
+def test_redrawing_the_increment_is_biased_where_a_consistent_path_is_not():
+    """Rejection prefers small redrawn increments, which shrinks the spread (Rackauckas & Nie 2017);
+    the same tolerance on a consistent path matches the mixture."""
+    sde, mix = VPSDE(), toy.gauss3()
+
+    def worst_z(brownian):
+        x = solve(sde, mix.score_fn(sde), (1000, 2), solver="adaptive_sde", rtol=0.05, brownian=brownian,
+                  generator=gen(1))
+        rep = mix.moment_report(x)
+        return max(rep["weights_z"], rep["means_z"], rep["covs_z"])
+
+    assert worst_z("redraw") > 10.0
+    assert worst_z("memory") < 5.0 and worst_z("tree") < 5.0
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -247,6 +324,7 @@ def test_adaptive_sde_matches_mixture_moments_in_16d():
     (dict(solver="heun", nfe=5, s_churn=-1.0), "s_churn >= 0"),
     (dict(solver="adaptive_sde", nfe=20), "does not take \\['nfe'\\]"),
     (dict(solver="adaptive_sde", rtol=0.0), "rtol > 0"),
+    (dict(solver="adaptive_sde", brownian="bridge"), "unknown brownian 'bridge'; choose one of"),
     (dict(solver="dpm_solver_pp_2m", nfe=5, order=3), "does not take \\['order'\\]"),
     (dict(solver="heun", nfe=5, s_churm=1.0), "does not take \\['s_churm'\\]"),
     (dict(solver="heun", nfe=5, eps=0.0), "eps must be in"),
@@ -262,3 +340,74 @@ def test_wrong_number_of_generators():
     with pytest.raises(ValueError, match="per-sample generators"):
         solve(sde, toy.gauss3().score_fn(sde), (4, 2), solver="ddim", nfe=5,
               generator=per_sample_generators(0, range(3)))
+
+
+# --- custom time grids (times=) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("sde", ALL_SDES, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("opts", FIXED, ids=str)
+def test_times_of_a_generated_grid_give_the_same_samples(sde, opts):
+    """``times=time_grid(...)`` is the grid ``steps``/``schedule``/``eps`` make: samples equal bit for bit."""
+    mix = toy.gauss3()
+    for schedule, eps, denoise in (("edm", EPS, True), ("logsnr", 0.02, False)):
+        grid = time_grid(sde, 5, schedule, eps)
+        got = solve(sde, mix.score_fn(sde), (4, 2), times=grid, denoise=denoise, generator=gen(3), **opts)
+        want = solve(sde, mix.score_fn(sde), (4, 2), steps=5, schedule=schedule, eps=eps, denoise=denoise,
+                     generator=gen(3), **opts)
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("opts", [dict(solver="ddim"), dict(solver="dpm_solver_multistep", order=3),
+                                  dict(solver="dpm_solver_pp_2m")], ids=str)
+def test_times_are_where_the_score_is_evaluated(opts):
+    """A grid that starts below T and ends above eps: the score is called at those times, in order (at the
+    last one for the denoising step)."""
+    sde, mix = VPSDE(), toy.gauss3()
+    times = [0.8, 0.55, 0.31, 0.2, 0.07]
+    seen = []
+
+    def score(x, t):
+        seen.append(t[0].item())
+        return mix.score_fn(sde)(x, t)
+
+    solve(sde, score, (3, 2), times=times, generator=gen(), **opts)
+    assert seen == pytest.approx(times, rel=1e-7)   # float32 times
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=lambda s: type(s).__name__)
+def test_times_start_the_flow_at_times_0(sde):
+    """x_T is the state at times[0]: the probability-flow map from t0 = 0.5 to t1 = 0.01 of a Gaussian
+    (exact_flow's formula with T -> t0), by singlestep DPM-Solver-3 on 21 log-SNR-spaced times (3rd order,
+    errors ~3e-5 here), to 1e-4."""
+    t0, t1 = 0.5, 0.01
+    sig = torch.exp(torch.linspace(sigma_of_t(sde, t0).log().item(), sigma_of_t(sde, t1).log().item(), 21,
+                                   dtype=torch.float64))
+    times = t_of_sigma(sde, sig)
+    times[0], times[-1] = t0, t1
+    x0 = torch.randn(64, 3, generator=gen(5), dtype=torch.float64)
+    got = solvers.dpm_solver_singlestep(sde, GAUSS.score_fn(sde), x0.shape, times=times, order=3, denoise=False,
+                                        x_T=x0, dtype=torch.float64)
+    (a0, s0), (a1, s1) = coeffs(sde, t0), coeffs(sde, t1)
+    want = a1 * (MU + torch.sqrt((C ** 2 + (s1 / a1) ** 2) / (C ** 2 + (s0 / a0) ** 2)) * (x0 / a0 - MU))
+    assert (got - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(solver="ddim", times=[1.0, 0.5, 0.1], steps=2), "give times or nfe/steps, not both"),
+    (dict(solver="heun", times=[1.0, 0.5, 0.1], nfe=5), "heun: give times or nfe/steps, not both"),
+    (dict(solver="dpm_solver", times=[1.0, 0.5, 0.1], schedule="uniform"), "give times or schedule='uniform'"),
+    (dict(solver="dpm_solver_multistep", times=[1.0, 0.5, 0.1], rho=3.0), "give times or schedule"),
+    (dict(solver="dpm_solver_pp_2m", times=[1.0, 0.5, 0.5]), "strictly decreasing"),
+    (dict(solver="ddim", times=[0.1, 0.5, 1.0]), "strictly decreasing"),
+    (dict(solver="ddim", times=[1.0, 0.0]), "> 0"),
+    (dict(solver="ddim", times=[1.0, float("nan"), 0.1]), "finite"),
+    (dict(solver="ddim", times=[1.0]), "at least 2 times"),
+    (dict(solver="ddim", times=[[1.0, 0.5]]), "1-D"),
+    (dict(solver="ddim", times="1.0,0.5"), "a sequence of numbers"),
+    (dict(solver="ddim", times=torch.tensor([1.0, 0.5])), "times must be float64"),
+    (dict(solver="adaptive_sde", times=[1.0, 0.5]), "does not take \\['times'\\]"),
+])
+def test_bad_times_are_a_clear_value_error(kwargs, match):
+    sde = VPSDE()
+    with pytest.raises(ValueError, match=match):
+        solve(sde, toy.gauss3().score_fn(sde), (4, 2), **kwargs)

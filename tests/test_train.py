@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from sdegen import checkpoint
+from sdegen import checkpoint, noise
 from sdegen.metrics import sliced_wasserstein
 from sdegen.toy import get_toy
 from sdegen.train import (EMA, ConfigError, NonFiniteLossError, SamplerOptions, draw, learning_rate, load_config,
@@ -93,14 +93,15 @@ def test_batches_depend_on_seed_and_step_only_and_shard_exactly():
     x5, g5 = full(5)
     again, g5b = Batches("digits", seed=3, global_batch=8, flip=True)(5)
     assert torch.equal(x5, again)
-    assert torch.equal(torch.stack([torch.randn(4, generator=g) for g in g5]),
-                       torch.stack([torch.randn(4, generator=g) for g in g5b]))
+    draw = lambda g, rows: (noise.rand((rows,), g), noise.randn((rows, 4), g))  # the loss's draws  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(draw(g5, 8), draw(g5b, 8)))
     assert not torch.equal(full(6)[0], x5) and not torch.equal(Batches("digits", seed=4, global_batch=8)(5)[0], x5)
     halves = [Batches("digits", seed=3, global_batch=8, rows=slice(r * 4, r * 4 + 4), flip=True)(5) for r in (0, 1)]
     assert torch.equal(torch.cat([h[0] for h in halves]), x5)
-    z_full = torch.stack([torch.randn(4, generator=g) for g in full(5)[1]])
-    z_halves = torch.cat([torch.stack([torch.randn(4, generator=g) for g in h[1]]) for h in halves])
-    assert torch.equal(z_full, z_halves)
+    z_full = draw(full(5)[1], 8)
+    z_halves = [draw(h[1], 4) for h in halves]   # each process draws its rows of the whole batch's noise
+    assert all(torch.equal(z, torch.cat(parts)) for z, parts in zip(z_full, zip(*z_halves)))
+    assert not torch.equal(draw(full(6)[1], 8)[1], z_full[1])
     epoch = Batches("digits", seed=0, global_batch=500)               # 1500 images: 3 steps per epoch
     seen = sum((epoch.indices(s) for s in range(3)), [])
     assert sorted(seen) == list(range(1500))

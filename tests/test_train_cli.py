@@ -62,7 +62,7 @@ def test_train_then_sample(toy_run, tmp_path, capsys):
     assert code == 0, err
     code, _, err = sdegen(capsys, "sample", toy_run, "--n", 5, "--solver", "heun", "--solver-option", "churn=5",
                           "--out", tmp_path / "f.npz", "--no-progress")
-    assert code == 2 and "solver 'heun' does not take ['churn']" in err
+    assert code == 2 and "sampler 'heun' does not take ['churn']" in err
     code, _, err = sdegen(capsys, "sample", toy_run, "--n", 5, "--solver", "ddim", "--out", tmp_path / "f.npz",
                           "--no-progress")                           # the failed job does not block this one
     assert code == 0, err
@@ -149,9 +149,9 @@ def test_sample_from_an_official_checkpoint(tmp_path, capsys):
     (["{run}", "--config", "cifar10_ncsnpp_continuous"], "--config applies to --from-score-sde only"),
     (["{run}", "--ode", "--predictor", "euler_maruyama"], "--ode integrates the probability-flow ODE"),
     (["{run}", "--predictor", "leapfrog"], "unknown predictor 'leapfrog'"),
-    (["{run}", "--predictor", "none", "--corrector", "none"], "cannot both be none"),
-    (["{run}", "--eps", "2"], "--eps must be below"),
-    (["{run}", "--solver", "rk45"], "unknown solver 'rk45'"),
+    (["{run}", "--predictor", "none", "--corrector", "none"], "cannot both be None"),
+    (["{run}", "--eps", "2"], "eps must be in (0, T=1"),
+    (["{run}", "--solver", "rk45"], "unknown sampler 'rk45'"),
     (["{run}", "--solver", "heun", "--predictor", "ancestral"], "not both"),
     (["{run}", "--solver-option", "s_churn=1"], "--solver-option needs a --solver"),
     (["{run}", "--solver", "heun", "--solver-option", "s_churn"], "--solver-option takes KEY=VALUE"),
@@ -204,7 +204,11 @@ def test_quickstart_writes_samples_grid_and_quality_figure(tmp_path, capsys):
     assert code == 0, err
     for name in ("samples.npz", "grid.png", "quality.png"):
         assert (tmp_path / "qs" / name).is_file() and str(tmp_path / "qs" / name) in out
-    assert re.search(r"FD-digits: samples [\d.]+, real data [\d.]+", out)
+    assert re.search(r"FD-digits: samples [\d.]+, real data [\d.]+ \(12 of each; lower is better\) after [\d,]+ training "
+                     r"steps", out)
+    steps = re.search(r"trained ([\d,]+) steps in 0.001 min on 1 thread\(s\); the step count, and so the quality, "
+                      r"depends on this machine's speed", out)   # the time budget's steps, and what they depend on
+    assert steps and int(steps.group(1).replace(",", "")) >= 2 and "quickstart --minutes" in out
     with np.load(tmp_path / "qs" / "samples.npz") as f:
         assert f["samples"].shape == (12, 8, 8, 1)
     code, _, err = sdegen(capsys, "quickstart", "--config", "nope", "--workdir", tmp_path / "x")

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Optional
 
 
 class UsageError(Exception):
@@ -15,6 +16,15 @@ def choice(value: str, accepted: Iterable[str], what: str) -> str:
     if value not in accepted:
         raise UsageError(f"unknown {what} {value!r}; accepted: {', '.join(map(str, accepted))}")
     return value
+
+
+def key_values(items: list[str], flag: str) -> dict:
+    """``["s_churn=10", "order=2"]`` -> ``{"s_churn": 10.0, "order": 2}`` (values read as YAML)."""
+    from omegaconf import OmegaConf
+    bad = [i for i in items if "=" not in i or i.startswith("=")]
+    if bad:
+        raise UsageError(f"{flag} takes KEY=VALUE, got {bad[0]!r}")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(items))
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -47,14 +57,31 @@ def positive_float(text: str) -> float:
 
 
 def pick_device(name: str | None):
-    """``auto`` (CUDA when available, else CPU) or an explicit torch device string."""
-    import torch
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """:func:`sdegen.train.distributed.resolve_device`, its error as a one-line UsageError."""
+    from ..train.distributed import resolve_device
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; accepted: auto, cpu, cuda, cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' asked for, but no CUDA device is available; use --device cpu")
-    return dev
+        return resolve_device(name)
+    except ValueError as e:
+        raise UsageError(str(e).replace("use device=cpu", "use --device cpu"))
+
+
+def output_paths(out: str, grid: Optional[str], *, no_grid: bool, overwrite: bool) -> tuple[Path, Optional[Path]]:
+    """``(out, grid or None)`` of a sampling command, checked before any work: ``out`` an .npz file name,
+    ``grid`` a .png (default: ``out`` with .png; None with ``no_grid``) that is not in the way."""
+    from ..train.sample_job import check_output
+    try:
+        path = check_output(out)
+    except ValueError as e:
+        raise UsageError(str(e).replace("the output must be", "--out must be"))
+    if no_grid:
+        if grid is not None:
+            raise UsageError("give --grid or --no-grid, not both")
+        return path, None
+    picture = Path(grid) if grid is not None else path.with_suffix(".png")
+    if picture.suffix.lower() != ".png":
+        raise UsageError(f"--grid must be a .png file, got {str(picture)!r}")
+    if picture.is_dir():
+        raise UsageError(f"--grid {picture} is a folder; give a file name ending in .png")
+    if picture.exists() and not path.exists() and not overwrite:
+        raise UsageError(f"{picture} exists; give --overwrite to replace it, --grid another file or --no-grid")
+    return path, picture

@@ -4,10 +4,14 @@ Output ``--out`` (.npz): ``samples`` (uint8 ``[N, H, W, C]`` for images, as ``sd
 float32 ``[N, D]`` for low-dimensional data), ``latents`` (float32 ``[N, latent size]``), the chain
 means ``energy_trace`` and ``logit_trace`` (``[steps + 1]``, step 0 = the plain generator) and, with
 ``--mala``, ``acceptance_rate``. Chain ``i`` draws from its own generator seeded by ``(seed, i)``, so the
-samples do not depend on ``--batch-size``.
+samples do not depend on ``--batch-size``. The chains run in the one sampling job
+(:func:`sdegen.train.sample_job.run_job`): ``--out`` is locked while it runs, written atomically, an
+interrupted run resumes from its finished batches, an existing ``--out`` is an error unless
+``--overwrite`` (the finished output of the same job is left as it is). A grid of the first samples goes
+next to it (``--grid``, default ``OUT.png``; ``--no-grid``) with the chain plot (``--plot``).
 
 ``--calibrate --data NAME`` first fits a logistic head ``a d + b`` on held-out real samples against as many
-generated ones (Che et al. 2020; :func:`sdegen.ddls.calibrate_logit`, half of each set kept out of the
+generated ones (Che et al. 2020; :func:`sdegen.gan.ddls.calibrate_logit`, half of each set kept out of the
 fit), prints the held-out log loss, calibration error and accuracy before and after, and runs DDLS with
 the calibrated logit (the traces then hold it too; ``calibration_a`` and ``calibration_b`` are saved).
 Real samples: the ``--data-split`` (default ``test``) of an image set of ``sdegen.data`` (scaled to
@@ -20,7 +24,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UsageError, choice, non_negative_int, pick_device, positive_float, positive_int
+from .common import (UsageError, choice, non_negative_int, output_paths, pick_device, positive_float,
+                     positive_int)
 
 HELP = "sample a GAN by Discriminator Driven Latent Sampling (Langevin in latent space); write .npz"
 
@@ -45,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mala", action="store_true", help="Metropolis-adjust each step (MALA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output .npz")
-    parser.add_argument("--grid", help="PNG of the first 64 samples (scatter plot for 2-D data)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its pictures)")
+    parser.add_argument("--grid", help="PNG of the first 100 samples (scatter plot for 2-D data; default: --out "
+                                       "with .png)")
+    parser.add_argument("--no-grid", action="store_true", help="write no grid")
     parser.add_argument("--plot", help="PNG of mean energy and mean logit along the chain "
                                        "(default: next to --out, <out>_chain.png)")
     parser.add_argument("--calibrate", action="store_true",
@@ -62,8 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace, device):
-    from ..gan import load_net
-    from ..nets.dcgan import load_csinva_dcgan
+    from ..gan.io import load_csinva_dcgan, load_net
     choice(args.format, FORMATS, "format")
     try:
         if args.format == "csinva-dcgan":
@@ -109,7 +116,7 @@ def _calibrate(args: argparse.Namespace, G, D, prior, shape: tuple, device):
     import torch
 
     from .. import noise
-    from ..ddls import calibrate_logit
+    from ..gan.ddls import calibrate_logit
     real, where = _real_samples(args, shape, args.calibrate_n)
     if len(real) < 8:
         raise UsageError(f"--calibrate needs at least 8 real samples; {args.data} gave {len(real)}")
@@ -143,23 +150,42 @@ def _plot_chain(energy, logit, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _identity(args: argparse.Namespace) -> dict:
+    """What makes a DDLS job: the nets' files (and their sizes and times) and the chain's options."""
+    files = {}
+    for role in ("generator", "discriminator"):
+        path = Path(getattr(args, role)).resolve()
+        st = path.stat()
+        files[role] = [str(path), st.st_size, st.st_mtime_ns]
+    calibration = ([args.data, args.data_root, args.data_split, args.calibrate_n] if args.calibrate else None)
+    return {"what": "ddls", "format": args.format, **files, "steps": args.steps, "step_size": args.step_size,
+            "mala": args.mala, "calibration": calibration}
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import numpy as np
     import torch
 
-    from .. import noise
-    from ..ddls import StandardNormal, ddls, eval_mode, latent_energy
-    from ..gan import save_samples_png, to_uint8_images
+    from ..gan.ddls import StandardNormal, ddls, latent_energy
+    from ..nets.modes import eval_mode
+    from ..plotting import save_samples, to_uint8_images
+    from ..train.sample_job import job_identity, read_job, run_job
 
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise UsageError(f"--out must end in .npz, got {args.out}")
+    out, grid = output_paths(args.out, args.grid, no_grid=args.no_grid, overwrite=args.overwrite)
+    plot = Path(args.plot) if args.plot else out.with_name(out.stem + "_chain.png")
     if args.calibrate and args.data is None:
         raise UsageError("--calibrate needs --data: the real samples to calibrate the logit on")
     if args.data is not None and not args.calibrate:
         raise UsageError("--data is used with --calibrate only")
     device = pick_device(args.device)
     G, D = _load(args, device)
+    identity = _identity(args)
+    if out.exists() and not args.overwrite and read_job(out) == job_identity(
+            identity, n=args.n, batch_size=args.batch_size, seed=args.seed):   # before calibrating
+        print(f"{out} is finished already (the same job); nothing to do (--overwrite to run it again)")
+        return 0
     prior = StandardNormal(G.latent_shape)
     energy = latent_energy(G, D, prior)
     with torch.no_grad(), eval_mode(G, D):
@@ -171,52 +197,72 @@ def run(args: argparse.Namespace) -> int:
         shape = tuple(G(z).shape[1:])
     logit, cal = (D, None) if not args.calibrate else _calibrate(args, G, D, prior, shape, device)
     energy = latent_energy(G, logit, prior)
+    step_bars = not args.no_progress and sys.stderr.isatty()
 
-    trace_e = torch.zeros(args.steps + 1, dtype=torch.float64, device=device)
-    trace_d = torch.zeros_like(trace_e)
-
-    def record(info: dict) -> None:
-        trace_e[info["i"] + 1] += info["energy"].sum()
-        trace_d[info["i"] + 1] += info["logit"].sum()
-
-    samples, latents, n_accepted = [], [], 0.0
-    starts = range(0, args.n, args.batch_size)
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="ddls" + (" (MALA)" if args.mala else ""), unit="batch")
-    for start in starts:
-        idx = range(start, min(args.n, start + args.batch_size))
-        gens = noise.per_sample_generators(args.seed, idx)
-        z0 = prior.sample(len(idx), gens).to(device)
+    def draw(indices: list[int], gens: list[torch.Generator]) -> dict:
+        """Chains ``indices``: samples, latents, per-chain energy and logit at each step, MALA acceptances."""
+        b = len(indices)
+        trace_e = torch.zeros(b, args.steps + 1, dtype=torch.float64)
+        trace_d = torch.zeros_like(trace_e)
+        z0 = prior.sample(b, gens).to(device)
         with torch.no_grad(), eval_mode(G, D):
             e0 = energy(z0)
-        trace_e[0] += e0.sum()
-        trace_d[0] += (-e0 - prior.log_prob(z0)).sum()
-        res = ddls(G, logit, z0, step_size=args.step_size, n_steps=args.steps, mala=args.mala, rng=gens,
-                   callback=record)
-        samples.append(to_uint8_images(res.x) if res.x.dim() == 4 else res.x.float().cpu())
-        latents.append(res.z.reshape(len(idx), -1).float().cpu())
-        if args.mala and args.steps:
-            n_accepted += res.accepted.sum().item()
+        trace_e[:, 0], trace_d[:, 0] = e0.cpu(), (-e0 - prior.log_prob(z0)).cpu()
+        bar = None
+        if step_bars:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=args.steps, desc=f"chains {indices[0]}..{indices[-1]}", unit="step", leave=False)
 
-    x = torch.cat(samples)
-    mean_e, mean_d = (trace_e / args.n).cpu().numpy(), (trace_d / args.n).cpu().numpy()
-    arrays = {"samples": x.numpy(), "latents": torch.cat(latents).numpy(),
-              "energy_trace": mean_e, "logit_trace": mean_d}
-    rate = n_accepted / (args.n * args.steps) if args.mala and args.steps else None
-    if rate is not None:
-        arrays["acceptance_rate"] = np.float64(rate)
-    if cal is not None:
-        arrays["calibration_a"], arrays["calibration_b"] = np.float64(cal.a), np.float64(cal.b)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **arrays)
+        def record(info: dict) -> None:
+            trace_e[:, info["i"] + 1] = info["energy"].detach().double().cpu()
+            trace_d[:, info["i"] + 1] = info["logit"].detach().double().cpu()
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            res = ddls(G, logit, z0, step_size=args.step_size, n_steps=args.steps, mala=args.mala, rng=gens,
+                       callback=record)
+        finally:
+            if bar is not None:
+                bar.close()
+        arrays = {"samples": to_uint8_images(res.x) if res.x.dim() == 4 else res.x.float().cpu(),
+                  "latents": res.z.reshape(b, -1).float().cpu(), "energy": trace_e, "logit": trace_d}
+        if args.mala and args.steps:
+            arrays["accepted"] = res.accepted.cpu()
+        return arrays
+
+    def finish(a: dict) -> dict:
+        result = {"samples": a["samples"], "latents": a["latents"], "energy_trace": a["energy"].mean(0),
+                  "logit_trace": a["logit"].mean(0)}
+        if "accepted" in a:
+            result["acceptance_rate"] = np.float64(a["accepted"].sum() / (args.n * args.steps))
+        if cal is not None:
+            result["calibration_a"], result["calibration_b"] = np.float64(cal.a), np.float64(cal.b)
+        return result
+
+    try:
+        job = run_job(out, draw, n=args.n, batch_size=args.batch_size, seed=args.seed, job=identity,
+                      finish=finish, overwrite=args.overwrite, progress=not args.no_progress, what="ddls")
+    except FloatingPointError as e:
+        raise UsageError(f"{str(e).splitlines()[0].split(';')[0]}; lower --step-size (now {args.step_size:g})")
+    except ValueError as e:
+        raise UsageError(str(e))
+    with np.load(out) as f:
+        x, mean_e, mean_d = f["samples"], f["energy_trace"], f["logit_trace"]
+        rate = float(f["acceptance_rate"]) if "acceptance_rate" in f.files else None
     title = (f"DDLS{' (MALA)' if args.mala else ''}{', calibrated logit' if cal is not None else ''}: "
              f"{args.steps} steps, e = {args.step_size}, n = {args.n}")
-    if args.grid:
-        save_samples_png(x, args.grid, title=title)
-    plot = Path(args.plot) if args.plot else out.with_name(out.stem + "_chain.png")
-    _plot_chain(mean_e, mean_d, plot, title)
-    print(f"wrote {args.n} samples {tuple(x.shape[1:])} to {out}; chain plot {plot}")
+    if job.already_done:
+        print(f"{out} is finished already (the same job: {len(x)} samples); nothing to do "
+              "(--overwrite to run it again)")
+    else:
+        print(f"wrote {args.n} samples {tuple(x.shape[1:])} to {out}")
+    if grid is not None and (not job.already_done or not grid.exists()):
+        save_samples(torch.from_numpy(x), grid, title=title)
+        print(f"grid -> {grid}")
+    if not job.already_done or not plot.exists():
+        _plot_chain(mean_e, mean_d, plot, title)
+        print(f"chain plot -> {plot}")
     print(f"mean logit {mean_d[0]:.4f} -> {mean_d[-1]:.4f}, mean energy {mean_e[0]:.4f} -> {mean_e[-1]:.4f}"
           + (f", acceptance rate {rate:.3f}" if rate is not None else ""))
     return 0

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
 
 
+def _log_batch(info: dict) -> None:
+    """A line per finished batch when stderr is not a terminal (logs, CI), where no bar is drawn."""
+    print(f"likelihood: {info['done']}/{info['n']} items, mean NLL {info['nats_mean']:.4f} nats, "
+          f"{info['nfe']} score evaluations in the last batch, {info['seconds']:.1f} s", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -65,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = likelihood_bpd(model.sde, model.score_fn(), data, n=args.n, n_probes=args.probes, exact=args.exact,
                                 offset=offset, batch_size=args.batch_size, seed=args.seed, eps=args.eps,
-                                rtol=args.rtol, atol=args.atol, device=device, progress=sys.stderr.isatty())
+                                rtol=args.rtol, atol=args.atol, device=device, progress=sys.stderr.isatty(),
+                                on_batch=None if sys.stderr.isatty() else _log_batch)
     except (ValueError, FloatingPointError) as e:
         raise UsageError(str(e))
 

@@ -4,6 +4,8 @@ it, and draw the samples and a figure of their quality.
 Writes into ``--workdir``: the run (checkpoints, ``stats.jsonl``, ...), ``samples.npz``, ``grid.png``
 (a 10 x 10 grid of samples) and ``quality.png`` (loss curve, FD-digits of the samples next to that of as
 many real digits, and samples beside their nearest training digits). A rerun continues the training.
+The training has a time budget (``--minutes``), so the number of steps it reaches, and the quality,
+depend on the machine's speed and on the other work sharing it; the summary says how many it got.
 """
 from __future__ import annotations
 
@@ -13,16 +15,18 @@ from pathlib import Path
 
 from .common import UsageError, pick_device, positive_float, positive_int
 
-HELP = "train digits_vp for 3 minutes on the CPU, sample it, and save a grid and a quality figure"
+DEFAULT_CONFIG = "digits_edm"   # the recipe with the best FD-digits per CPU-minute (benchmarks/digits_quality.py)
+HELP = f"train {DEFAULT_CONFIG} for 3 minutes on the CPU, sample it, and save a grid and a quality figure"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/quickstart", help="run folder")
-    parser.add_argument("--config", default="digits_vp", help="the preset (or YAML file) to train")
-    parser.add_argument("--minutes", type=positive_float, default=3.0, help="training time (wall clock)")
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="CPU threads for torch (the tiny network gains little from more, and several threads "
-                             "slow down badly when other work shares the cores)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the preset (or YAML file) to train")
+    parser.add_argument("--minutes", type=positive_float, default=3.0,
+                        help="training time (wall clock; a rerun in the same --workdir continues the run)")
+    # --threads comes from the main parser; one thread here: the tiny network gains little from more, and
+    # several threads slow down badly when other work shares the cores
+    parser.set_defaults(threads=1)
     parser.add_argument("--n", type=positive_int, default=500,
                         help="number of samples (the grid shows the first 100; FD-digits uses all)")
     parser.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the config's)")
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:
         raise UsageError(str(e))
     print(f"training {args.config} for {args.minutes:g} min on {args.threads} CPU thread(s) in {workdir} ...")
+    before = _steps_done(workdir)
     try:
         result = train(cfg, workdir, progress=not args.no_progress)
     except NonFiniteLossError as e:
@@ -108,12 +113,16 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e))
     model = result.model
+    budget = (f"{result.step - before:,} steps in {args.minutes:g} min" if result.stopped == "time_limit"
+              else f"{result.step - before:,} steps (all of training.steps)")
+    print(f"trained {budget}{f', {result.step:,} in all' if before else ''} on {args.threads} thread(s); the step "
+          "count, and so the quality, depends on this machine's speed and on other work sharing it")
     opts = SamplerOptions.from_config(cfg.sampling, steps=args.steps)
     out = workdir / "samples.npz"
     shutil.rmtree(workdir / "samples.npz.shards", ignore_errors=True)  # a stale job of an older model
     print(f"sampling {args.n} samples ({describe(opts, model.sde.N)}) ...")
     sample_to_npz(model, out, n=args.n, batch_size=args.n, seed=0, options=opts, source="quickstart",
-                  progress=not args.no_progress)
+                  overwrite=True, progress=not args.no_progress)   # the samples of the run's newest model
     with np.load(out) as f:
         raw = torch.from_numpy(f["samples"])
     grid = workdir / "grid.png"
@@ -127,12 +136,24 @@ def run(args: argparse.Namespace) -> int:
         data = Batches(cfg.data.name, seed=1, global_batch=1).reference(len(samples) * 20).float()
     figure = workdir / "quality.png"
     numbers = quality_figure(figure, result.stats, samples, data,
-                             f"{args.config}: {result.step} steps, {args.n} samples")
+                             f"{args.config}: {result.step:,} training steps ({budget} on {args.threads} thread(s): "
+                             f"the count depends on the machine's load), {args.n} samples")
     if numbers:
         print(f"{numbers['metric']}: samples {numbers['samples']:.4g}, real data {numbers['real']:.4g} "
-              "(as many real samples; lower is better)")
+              f"({args.n} of each; lower is better) after {result.step:,} training steps")
     print(f"samples: {out}\ngrid:    {grid}\nquality: {figure}\nrun:     {workdir}")
+    print(f"to train longer: sdegen quickstart --minutes 15 (continues this run in {workdir}), or "
+          f"sdegen train {args.config} --workdir DIR for a full run")
     return 0
+
+
+def _steps_done(workdir: Path) -> int:
+    """Training steps of the run already in ``workdir`` (0 if none)."""
+    from ..train.runs import read_checkpoint
+    try:
+        return int(read_checkpoint(workdir)[0]["step"])
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def _data_images(cfg, model):

@@ -5,30 +5,45 @@ import json
 import time
 from pathlib import Path
 
-from .common import UsageError, choice, pick_device, positive_float, positive_int
+from .common import UsageError, choice, key_values, pick_device, positive_float, positive_int
 
 HELP = ("Sample a built-in Gaussian mixture with its exact score through any sampler; write a scatter plot "
         "over the true density and a JSON of quality figures.")
 
 
 def add_arguments(p):
-    from ..sampling import CORRECTORS, ORDERS, PREDICTORS
+    from ..sampling import CORRECTORS, ORDERS, PREDICTORS, SAMPLERS
     from ..sde import SDES
     from ..toy import mixture_names
     p.add_argument("--data", default="ring8", help=f"mixture: {', '.join(mixture_names())}")
     p.add_argument("--sde", default="vp", help=f"forward SDE: {', '.join(SDES)}")
-    p.add_argument("--predictor", default="reverse_diffusion",
-                   help=f"predictor: {', '.join(PREDICTORS)}, none")
-    p.add_argument("--corrector", default="langevin", help=f"corrector: {', '.join(CORRECTORS)}, none")
-    p.add_argument("--ode", action="store_true", help="sample the probability-flow ODE (dopri5) instead of PC")
-    p.add_argument("--snr", type=positive_float, default=0.16, help="corrector signal-to-noise ratio")
-    p.add_argument("--n-corrector-steps", type=positive_int, default=1, help="corrector steps per noise level")
-    p.add_argument("--steps", type=positive_int, default=1000, help="number of noise levels (P1000, P2000...)")
-    p.add_argument("--order", default="predictor_first", help=f"PC order: {', '.join(ORDERS)}")
+    p.add_argument("--sampler", default="pc", help=f"sampler: {', '.join(SAMPLERS)}")
+    p.add_argument("--ode", action="store_true", help="the probability-flow ODE (same as --sampler ode)")
+    g = p.add_argument_group("PC options (default: the sampler's own)")
+    g.add_argument("--predictor", help=f"predictor: {', '.join(PREDICTORS)}, none")
+    g.add_argument("--corrector", help=f"corrector: {', '.join(CORRECTORS)}, none")
+    g.add_argument("--snr", type=positive_float, help="corrector signal-to-noise ratio")
+    g.add_argument("--n-corrector-steps", type=positive_int, help="corrector steps per noise level")
+    g.add_argument("--order", help=f"PC order: {', '.join(ORDERS)}")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="number of steps (PC: noise levels, default sde.N = 1000; fast solvers need it or nfe)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the sampler, e.g. nfe=20, s_churn=10 (repeatable)")
     p.add_argument("--n", type=positive_int, default=5000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", default="out/toy", help="output folder")
+
+
+def sampler_choice(args) -> tuple[str, dict]:
+    """``(sampler, options)`` from the command line: flags left unset take the sampler's defaults."""
+    sampler = "ode" if args.ode else args.sampler
+    none = lambda v: None if v == "none" else v  # noqa: E731
+    flags = {"predictor": none(args.predictor), "corrector": none(args.corrector), "snr": args.snr,
+             "n_corrector_steps": args.n_corrector_steps, "order": args.order, "steps": args.steps}
+    options = {k: v for k, v in flags.items() if v is not None or (k in ("predictor", "corrector") and
+                                                                   getattr(args, k) == "none")}
+    return sampler, {**options, **key_values(args.option, "--option")}
 
 
 def run(args) -> int:
@@ -36,16 +51,13 @@ def run(args) -> int:
 
     from ..metrics.lowdim import mode_stats, sliced_wasserstein
     from ..plotting import scatter_2d
-    from ..sampling import CORRECTORS, ORDERS, PREDICTORS, sample, sample_ode
+    from ..sampling import generate
     from ..score import CountingScore
     from ..sde import SDES, get_sde
     from ..toy import GaussianMixture, get_toy, mixture_names
 
     choice(args.data, mixture_names(), "mixture (data sets with an exact score)")
     choice(args.sde, SDES, "SDE")
-    predictor = None if args.predictor == "none" else choice(args.predictor, PREDICTORS, "predictor")
-    corrector = None if args.corrector == "none" else choice(args.corrector, CORRECTORS, "corrector")
-    choice(args.order, ORDERS, "order")
     mix: GaussianMixture = get_toy(args.data)
     if mix.dim != 2:
         raise UsageError(f"--data {args.data} is {mix.dim}-D; the toy command plots 2-D mixtures")
@@ -53,17 +65,12 @@ def run(args) -> int:
     device = pick_device(args.device)
     score = CountingScore(mix.score_fn(sde))
     gen = torch.Generator(device=device).manual_seed(args.seed)
+    sampler, options = sampler_choice(args)
+    name = f"{sampler} " + ", ".join(f"{k}={v}" for k, v in options.items())
     start = time.perf_counter()
     try:
-        if args.ode:
-            x = sample_ode(sde, score, (args.n, 2), generator=gen, device=device)
-            name = "probability-flow ODE"
-        else:
-            x = sample(sde, score, (args.n, 2), predictor=predictor, corrector=corrector, snr=args.snr,
-                       n_corrector_steps=args.n_corrector_steps, steps=args.steps, order=args.order,
-                       generator=gen, device=device, progress=True)
-            name = f"{predictor or 'no predictor'} + {corrector or 'no corrector'}, {args.steps} steps"
-    except (ValueError, FloatingPointError) as e:
+        x = generate(sde, score, (args.n, 2), sampler=sampler, generator=gen, device=device, **options)
+    except (ValueError, FloatingPointError) as e:  # the library's checks, as one line
         raise UsageError(str(e)) from None
     seconds = time.perf_counter() - start
     x = x.cpu()

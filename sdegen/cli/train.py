@@ -23,12 +23,17 @@ def _presets() -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help=f"a preset ({', '.join(_presets())}) or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config changes, e.g. optim.lr=1e-3 training.steps=5000 (before the options)")
+                        help="config changes, e.g. optim.lr=1e-3 training.steps=5000 (anywhere on the line)")
     parser.add_argument("--workdir", required=True, help="run folder (checkpoints, samples, logs)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (sets training.device)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="continue from the newest good checkpoint of the run folder (--no-resume: start "
                              "afresh, overwriting it)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start over from step 0, moving the run folder's checkpoints (readable or not) to "
+                             "checkpoints/old_<time>/; nothing is deleted")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch MNIST / CIFAR-10 into data.root when missing (sets data.download=true)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise UsageError(f"expected key=value overrides, got {bad[0]!r} (options such as --workdir go after them)")
+        raise UsageError(f"expected key=value overrides, got {bad[0]!r}")
+    if args.download:
+        overrides.append("data.download=true")
     if args.device is not None:
         pick_device(args.device)  # a clear error for an unknown or unavailable device
         overrides.append(f"training.device={args.device}")
@@ -51,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         pick_device(cfg.training.device)
     try:
         with session(cfg.training.device) as ctx:
-            result = train(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
+            result = train(cfg, args.workdir, resume=args.resume, restart=args.restart,
+                           progress=not args.no_progress)
     except NonFiniteLossError as e:
         print(f"sdegen train: error: {e}", file=sys.stderr)
         return 1

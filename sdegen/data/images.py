@@ -129,17 +129,54 @@ def load_digits(root=None, split: str = "train", *, download: bool = False, **op
 # --------------------------------------------------------------------------- MNIST (IDX)
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_MAX_DIMS = 32        # numpy's smallest limit on the number of array dimensions
+DEFLATE_MAX_RATIO = 1032  # deflate's largest compression factor (zlib.net/zlib_tech.html)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """File contents, gunzipped when the file is gzip (told by its first bytes, not its name)."""
-    raw = path.read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
+def _read_at_most(f, n: int) -> bytes:
+    """Up to ``n`` bytes of the stream ``f`` (fewer only at its end); never decompresses more."""
+    parts, left = [], n
+    while left > 0:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _read_idx(path: Path, f, size: int, gz: bool, magic: int | None) -> np.ndarray:
+    head = _read_at_most(f, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: {len(head)} bytes, too short for an IDX file")
+    (got,) = struct.unpack(">i", head)
+    if magic is not None and got != magic:
+        raise DataError(f"{path}: bad magic number {got}, expected {magic} "
+                        "(not an IDX file of the right kind)")
+    code, ndim = head[2], head[3]
+    if head[:2] != b"\x00\x00" or code not in _IDX_DTYPES or ndim == 0:
+        raise DataError(f"{path}: bad magic number {got} (not an IDX file)")
+    if ndim > IDX_MAX_DIMS:
+        raise DataError(f"{path}: the IDX header gives {ndim} dimensions; at most {IDX_MAX_DIMS} are accepted")
+    raw_dims = _read_at_most(f, 4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}i", raw_dims)
+    if min(dims) < 0:
+        raise DataError(f"{path}: the IDX header gives negative dimensions {list(dims)}")
+    dtype = np.dtype(_IDX_DTYPES[code])
+    start = 4 + 4 * ndim
+    expected = start + math.prod(dims) * dtype.itemsize
+    # A file can hold at most its size (raw) or DEFLATE_MAX_RATIO times it (gzip): refuse before reading.
+    if expected > size * (DEFLATE_MAX_RATIO if gz else 1):
+        raise DataError(f"{path}: truncated: dims {list(dims)} need {expected} bytes, file has "
+                        + (f"{size} compressed (at most {size * DEFLATE_MAX_RATIO} unpacked)" if gz else f"{size}"))
+    body = _read_at_most(f, expected - start + 1)  # one byte more than promised tells a longer file
+    if start + len(body) != expected:
+        what = "truncated" if start + len(body) < expected else "longer than its header says"
+        has = "more" if start + len(body) > expected else str(start + len(body))
+        raise DataError(f"{path}: {what}: dims {list(dims)} need {expected} bytes, file has {has}")
+    return np.frombuffer(body, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
@@ -147,29 +184,19 @@ def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
 
     The header is a big-endian int32 magic number ``0x0000TTDD`` (TT: element type, DD: number of
     dimensions), then DD big-endian int32 sizes, then the elements. ``magic``, if given, is the
-    required magic number (2051: uint8 images [N, H, W]; 2049: uint8 labels [N]).
+    required magic number (2051: uint8 images [N, H, W]; 2049: uint8 labels [N]). Gzip is told by the
+    first bytes, not the name; decompression stops at the size the header promises (a gzip bomb
+    costs no more memory than a true file of that header).
     """
     path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX file")
-    (got,) = struct.unpack(">i", raw[:4])
-    if magic is not None and got != magic:
-        raise DataError(f"{path}: bad magic number {got}, expected {magic} "
-                        "(not an IDX file of the right kind)")
-    code, ndim = raw[2], raw[3]
-    if raw[:2] != b"\x00\x00" or code not in _IDX_DTYPES or ndim == 0:
-        raise DataError(f"{path}: bad magic number {got} (not an IDX file)")
-    start = 4 + 4 * ndim
-    if len(raw) < start:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}i", raw[4:start])
-    dtype = np.dtype(_IDX_DTYPES[code])
-    expected = start + math.prod(dims) * dtype.itemsize
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DataError(f"{path}: {what}: dims {list(dims)} need {expected} bytes, file has {len(raw)}")
-    return np.frombuffer(raw, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
+    size = path.stat().st_size
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        try:
+            return _read_idx(path, gzip.GzipFile(fileobj=raw) if gz else raw, size, gz, magic)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
 
 
 def _find_mnist_file(root: Path, stem: str, kind: str) -> Path | None:
@@ -210,7 +237,7 @@ def load_mnist(root, split: str = "train", *, download: bool = False, **options)
     _check_split(split)
     prefix = "train" if split == "train" else "t10k"
     expected = f"{prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte (raw or .gz)"
-    hint = f"MNIST is published at {MNIST_URL}; --download (download=True) fetches it"
+    hint = f"MNIST is published at {MNIST_URL}; sdegen train --download (download=True in Python) fetches it"
     root = _need_root(root, f"mnist needs {expected}; {hint}")
 
     def find():
@@ -237,19 +264,29 @@ def load_mnist(root, split: str = "train", *, download: bool = False, **options)
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 _CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-# The only globals a CIFAR-10 batch refers to: numpy's array reconstructor, ndarray and dtype.
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-2 pickles call it to rebuild bytes: latin-1 text only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"refusing _codecs.encode of a {type(text).__name__} with encoding {encoding!r} "
+                       "(only latin1 text, as Python 3 protocol-2 pickles of bytes use)")
+    return text.encode("latin1")
+
+
+# The only globals a CIFAR-10 batch refers to: numpy's array reconstructor, ndarray and dtype, and, in
+# batches pickled with protocol 2 by Python 3, _codecs.encode(text, "latin1") to rebuild bytes.
 # numpy >= 2 names the reconstructor's module numpy._core; the files name numpy.core.
 _RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]
 _SAFE_GLOBALS = {
+    ("_codecs", "encode"): _latin1,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
-
-
-class _Refused(pickle.UnpicklingError):
-    pass
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -330,7 +367,7 @@ def load_cifar10(root, split: str = "train", *, download: bool = False, **option
     _check_split(split)
     names = _CIFAR10_BATCHES[split]
     expected = f"{CIFAR10_FOLDER}/ ({', '.join(names)}) or {CIFAR10_ARCHIVE}"
-    hint = f"CIFAR-10 is published at {CIFAR10_URL}; --download (download=True) fetches it"
+    hint = f"CIFAR-10 is published at {CIFAR10_URL}; sdegen train --download (download=True in Python) fetches it"
     root = _need_root(root, f"cifar10 needs {expected}; {hint}")
     source = _find_cifar10(root)
     if source is None and download:

@@ -6,6 +6,7 @@ from .frechet import (FeatureStats, extract_features, feature_stats, fid_from_st
 from .inception import (InceptionV3, compute_stats, fid, inception_features, inception_score, kid,
                         resolve_inception_weights)
 from .lowdim import mmd_rbf, mode_stats, sliced_wasserstein
+from .suite import SUITE, frechet_bias_scale, inception_score_from_logits, precision_recall
 
 __all__ = [
     "DigitsCNN", "DigitsFeatures", "digits_stats", "fd_digits", "load_digits_split",
@@ -14,4 +15,5 @@ __all__ = [
     "InceptionV3", "compute_stats", "fid", "inception_features", "inception_score", "kid",
     "resolve_inception_weights",
     "mmd_rbf", "mode_stats", "sliced_wasserstein",
+    "SUITE", "frechet_bias_scale", "inception_score_from_logits", "precision_recall",
 ]

@@ -27,7 +27,8 @@ _STATS_KEYS = ("mu", "sigma", "count", "extractor", "weights_sha256")
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """Squared Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``, in float64.
 
-    ``mu*``: ``[D]``; ``sigma*``: ``[D, D]``, symmetric positive semi-definite (PSD).
+    ``mu*``: ``[D]``; ``sigma*``: ``[D, D]``, symmetric positive semi-definite (PSD), checked within
+    round-off (see :func:`check_covariance`): a covariance that is not raises ValueError naming it.
     ``tr (sigma1 sigma2)^(1/2)`` is the sum of the square roots of the eigenvalues of ``sigma1 sigma2``
     (torch-fidelity's route; same value as ``scipy.linalg.sqrtm``, faster). For PSD inputs they are
     real and >= 0 up to round-off: those below ``D * machine_eps * max |eigenvalue|`` count as 0;
@@ -46,6 +47,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} holds NaN or infinite values")
+    for name, s in (("sigma1", sigma1), ("sigma2", sigma2)):
+        check_covariance(s, name)
 
     tr_sqrt = _trace_sqrt_product(sigma1, sigma2)
     if tr_sqrt is None:
@@ -56,6 +59,29 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     diff = mu1 - mu2
     # d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))  (Dowson & Landau 1982; Heusel et al. 2017, eq. 6)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt)
+
+
+def check_covariance(sigma: np.ndarray, name: str = "sigma") -> None:
+    """Raise ValueError naming ``name`` unless ``sigma`` ``[D, D]`` is symmetric and PSD within round-off:
+    ``|sigma - sigma^T| <= tol`` and every eigenvalue ``>= -tol``, ``tol = D * eps_float32 * max |sigma|``
+    (the round-off of covariances accumulated in float32; float64 ones are far inside it)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    scale = float(np.abs(sigma).max(initial=0.0))
+    tol = sigma.shape[0] * np.finfo(np.float32).eps * scale
+    asym = float(np.abs(sigma - sigma.T).max(initial=0.0))
+    if asym > tol:
+        raise ValueError(f"{name} is not symmetric (|{name} - {name}^T| reaches {asym:.3g}, tolerance "
+                         f"{tol:.3g}); a covariance matrix is symmetric positive semi-definite")
+    if scale == 0:
+        return
+    try:  # a Cholesky factor of sigma + tol I exists iff every eigenvalue > -tol (cheaper than eigenvalues)
+        np.linalg.cholesky((sigma + sigma.T) / 2 + tol * np.eye(len(sigma)))
+        return
+    except np.linalg.LinAlgError:
+        low = float(np.linalg.eigvalsh((sigma + sigma.T) / 2).min(initial=0.0))
+    if low < -tol:
+        raise ValueError(f"{name} is not positive semi-definite (smallest eigenvalue {low:.3g}, tolerance "
+                         f"{-tol:.3g}); a covariance matrix is symmetric positive semi-definite")
 
 
 def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float | None:

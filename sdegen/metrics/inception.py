@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import safe_load
 from .frechet import (FeatureStats, Images, ValueRange, check_value_range, extract_features, fid_from_stats,
                       load_stats, sha256_file, to_unit_interval)
 
@@ -81,10 +82,8 @@ def _load_network(path: str, mtime_ns: int, size: int, layer: str, device: str):
     """torch-fidelity's Inception-v3 on ``device`` and the weights' sha256 (cached per file version)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    try:  # refuse pickled code before torch-fidelity loads the file (it does so with weights_only=False)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a plain state dict of tensors: {e}") from e
+    # refuse pickled code before torch-fidelity loads the file (it does so with weights_only=False)
+    state = safe_load(path, what="Inception weights")
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     del state
@@ -164,14 +163,11 @@ def inception_score(images: Images, *, value_range: ValueRange = None, weights_p
                     batch_size: int = 200, device=None, seed: int = 2020) -> tuple[float, float]:
     """Inception Score (Salimans et al. 2016) as mean and std over ``splits``, by torch-fidelity's
     ``isc_features_to_metric`` on the unbiased logits (samples shuffled with ``seed`` as it does)."""
-    from torch_fidelity.metric_isc import isc_features_to_metric
+    from .suite import inception_score_from_logits
 
     net = InceptionV3(weights_path, device=device, layer="logits_unbiased")
     logits = extract_features(net, images, value_range=value_range, batch_size=batch_size)
-    if len(logits) < splits:
-        raise ValueError(f"Inception Score needs at least splits={splits} images, got {len(logits)}")
-    out = isc_features_to_metric(torch.from_numpy(logits).float(), splits=splits, shuffle=True, rng_seed=seed)
-    return out["inception_score_mean"], out["inception_score_std"]
+    return inception_score_from_logits(logits, splits=splits, seed=seed)
 
 
 def kid(features1, features2, *, subsets: int = 100, subset_size: int = 1000,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..score import NULL_LABEL   # the label "no class": a conditional network's unconditional output
 from . import resample
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
@@ -144,6 +145,52 @@ class GaussianFourierProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         proj = x[:, None] * self.W[None, :] * 2 * math.pi
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+
+
+class ClassEmbedding(nn.Module):
+    """Learned embedding of class labels ``y`` ``[N]`` (ints in ``0..num_classes-1`` or :data:`NULL_LABEL`)
+    -> ``[N, dim]``; row ``num_classes`` of ``weight`` is the null label's (Ho & Salimans 2022)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor | int | None, batch: int, device) -> torch.Tensor:
+        if y is None:
+            y = NULL_LABEL
+        y = torch.as_tensor(y, device=device)
+        if y.dim() == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"expected class labels y: integers of shape [{batch}] or one integer, got "
+                             f"{y.dtype} of shape {list(y.shape)}")
+        bad = (y != NULL_LABEL) & ((y < 0) | (y >= self.num_classes))
+        if bad.any():
+            raise ValueError(f"class labels must be in 0..{self.num_classes - 1} or NULL_LABEL={NULL_LABEL}, "
+                             f"got {y[bad][0].item()}")
+        return self.embed(torch.where(y == NULL_LABEL, self.num_classes, y).long())
+
+
+def class_embedding(num_classes: int, dim: int) -> ClassEmbedding | None:
+    """A :class:`ClassEmbedding`, or None for an unconditional network (``num_classes == 0``)."""
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {num_classes}")
+    return ClassEmbedding(num_classes, dim) if num_classes else None
+
+
+def add_class_embedding(temb: torch.Tensor, embedding: ClassEmbedding | None, y) -> torch.Tensor:
+    """``temb + embedding(y)`` (class embedding added to the time embedding, as in Dhariwal & Nichol 2021);
+    an unconditional network (``embedding`` None) refuses labels other than None."""
+    if embedding is None:
+        if y is not None:
+            raise ValueError("this network is unconditional (num_classes=0): it takes no class labels y")
+        return temb
+    return temb + embedding(y, temb.shape[0], temb.device).to(temb.dtype)
 
 
 # --- blocks -----------------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ class MLPScoreNet(nn.Module):
     The label (a time such as ``999 t``, or a noise level) is embedded (``positional``: sinusoidal, for
     labels up to ~1000; ``fourier``: Gaussian Fourier features, for labels of order 1 such as ``log sigma``),
     mapped by a two-layer MLP to ``hidden`` features and added inside each of ``layers`` residual blocks
-    ``h <- h + W act(h + P temb)``."""
+    ``h <- h + W act(h + P temb)``. With ``num_classes > 0`` it is class-conditional: a learned embedding
+    of the class label ``y`` (or of the null label) is added to ``temb``."""
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 3, embed_dim: int = 128,
-                 embedding: str = "positional", fourier_scale: float = 16.0, nonlinearity: str = "swish"):
+                 embedding: str = "positional", fourier_scale: float = 16.0, nonlinearity: str = "swish",
+                 num_classes: int = 0):
         super().__init__()
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {list(EMBEDDINGS)}, got {embedding!r}")
@@ -30,12 +32,15 @@ class MLPScoreNet(nn.Module):
         if embedding == "fourier":
             self.fourier = _layers.GaussianFourierProjection(embed_dim // 2, fourier_scale)
         self.temb = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.num_classes = num_classes
+        self.class_embed = _layers.class_embedding(num_classes, hidden)
         self.inp = nn.Linear(dim, hidden)
         self.cond = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
         self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``y``: class labels ``[N]`` (or one int; None or :data:`~sdegen.nets.layers.NULL_LABEL`: no class)."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape [N, {self.dim}], got {list(x.shape)}")
         labels = torch.as_tensor(labels, device=x.device, dtype=x.dtype)
@@ -47,7 +52,7 @@ class MLPScoreNet(nn.Module):
             emb = self.fourier(labels)
         else:
             emb = _layers.positional_embedding(labels, self.embed_dim).to(x.dtype)
-        temb = self.temb(emb)
+        temb = _layers.add_class_embedding(self.temb(emb), self.class_embed, y)
         h = self.inp(x)
         for cond, lin in zip(self.cond, self.blocks):
             h = h + lin(self.act(h + cond(temb)))

@@ -45,7 +45,9 @@ class NCSNpp(nn.Module):
     sigma (the label for Fourier, ``sigmas[label]`` for positional); ``conditional`` use the time embedding;
     ``init_scale`` scale of the last layer of each block (0 -> almost zero); ``centered`` False means inputs
     are in [0, 1] and are mapped to [-1, 1] first; ``sigma_min``/``sigma_max``/``num_scales`` fill the
-    ``sigmas`` buffer (geometric, largest first) kept for checkpoint compatibility.
+    ``sigmas`` buffer (geometric, largest first) kept for checkpoint compatibility; ``num_classes > 0``
+    makes it class-conditional: ``net(x, labels, y)`` adds a learned embedding of the class label ``y``
+    (or of the null label) to the time embedding (Dhariwal & Nichol 2021), outside ``all_modules``.
     """
 
     def __init__(self, image_size: int, num_channels: int = 3, *, nf: int = 128,
@@ -57,8 +59,10 @@ class NCSNpp(nn.Module):
                  fourier_scale: float = 16.0, scale_by_sigma: bool = True, conditional: bool = True,
                  init_scale: float = 0.0, resamp_with_conv: bool = True, nonlinearity: str = "swish",
                  centered: bool = True, sigma_min: float = 0.01, sigma_max: float = 50.0,
-                 num_scales: int = 1000):
+                 num_scales: int = 1000, num_classes: int = 0):
         super().__init__()
+        if num_classes and not conditional:
+            raise ValueError("a class-conditional network (num_classes > 0) needs conditional=True")
         self.resblock_type = _check("resblock_type", resblock_type, RESBLOCK_TYPES)
         self.progressive = _check("progressive", progressive, PROGRESSIVE)
         self.progressive_input = _check("progressive_input", progressive_input, PROGRESSIVE_INPUT)
@@ -146,6 +150,8 @@ class NCSNpp(nn.Module):
         if self.progressive != "output_skip":
             mods += [group_norm(ch), conv2d(ch, num_channels, init_scale=init_scale)]
         self.all_modules = nn.ModuleList(mods)
+        self.num_classes = num_classes
+        self.class_embed = layers.class_embedding(num_classes, temb_dim)
 
     def _resolution(self, level: int) -> int:
         return self.image_size // 2**level
@@ -161,7 +167,8 @@ class NCSNpp(nn.Module):
             raise ValueError(f"expected labels of shape [{x.shape[0]}] or a scalar, got {list(labels.shape)}")
         return labels
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``y``: class labels ``[N]`` (or one int; None or :data:`~sdegen.nets.layers.NULL_LABEL`: no class)."""
         labels = self._check_input(x, labels)
         mods: Iterator[nn.Module] = iter(self.all_modules)
         biggan = self.resblock_type == "biggan"
@@ -174,7 +181,7 @@ class NCSNpp(nn.Module):
             temb = layers.positional_embedding(labels, self.nf).to(x.dtype)
         if self.conditional:
             temb = next(mods)(temb)
-            temb = next(mods)(self.act(temb))
+            temb = layers.add_class_embedding(next(mods)(self.act(temb)), self.class_embed, y)
         else:
             temb = None
 

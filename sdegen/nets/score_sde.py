@@ -6,14 +6,14 @@ of ``named_parameters()``), ``optimizer`` and ``step``. Sampling uses the EMA we
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from . import build_network
+from ..checkpoint import safe_load
+from .build import build_network
 
 _PREFIX = "module."
 
@@ -25,10 +25,7 @@ def _few(names: list[str], n: int = 5) -> str:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(f"{path} is not a PyTorch checkpoint holding only tensors and plain data: {err}") from None
+    ckpt = safe_load(path, what="checkpoint")
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{path} is not an official score_sde checkpoint: it holds a {type(ckpt).__name__}, "
                          "not a dict with keys 'model' and 'ema'")

@@ -7,13 +7,13 @@ or the path of a YAML file, then ``key=value`` overrides (``optim.lr=1e-3``, ``m
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-SNR_NORMS = ("batch", "sample")
 
 
 class ConfigError(ValueError):
@@ -27,6 +27,7 @@ class DataConfig:
     image_size: Optional[int] = None   # resize images; None: the network preset's size
     flip: bool = False                 # random horizontal flips
     dequantize: bool = False           # uniform dequantization of the pixel codes
+    download: bool = False             # fetch MNIST / CIFAR-10 into root when missing (torchvision's downloaders)
 
 
 @dataclass
@@ -44,6 +45,13 @@ class SDEConfig:
     sigma_max: float = 50.0
     N: int = 1000                      # discretisation steps (discrete losses, default sampling steps)
 
+    def build(self):
+        """The :class:`sdegen.sde.SDE` this section describes."""
+        from ..sde import get_sde
+        if self.name == "ve":
+            return get_sde("ve", sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
+        return get_sde(self.name, beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
+
 
 @dataclass
 class OptimConfig:
@@ -60,10 +68,14 @@ class OptimConfig:
 
 @dataclass
 class TrainingConfig:
-    loss: str = "dsm"                  # dsm (continuous), smld (discrete VE), ddpm (discrete VP)
+    loss: str = "dsm"                  # dsm (continuous), smld (discrete VE), ddpm (discrete VP), classifier
+    label_dropout: float = 0.0         # class-conditional networks: p of the null label (Ho & Salimans 2022)
     reduce_mean: bool = False          # average the per-sample loss over dimensions instead of summing
     likelihood_weighting: bool = False
     eps: float = 1e-5                  # smallest time of the continuous loss
+    edm_p_mean: float = -1.2           # loss edm: log sigma ~ N(p_mean, p_std^2) on [sigma(eps), sigma(T)]
+    edm_p_std: float = 1.2
+    edm_sigma_data: float = 0.5        # data std of the edm parametrization's preconditioning (and its loss)
     batch_size: int = 128              # global batch size, split over the processes
     steps: int = 1_300_000             # total optimizer steps
     time_limit: Optional[float] = None  # minutes of wall time per invocation (checked at log steps)
@@ -78,21 +90,40 @@ class TrainingConfig:
     tensorboard: bool = True
 
 
+def _pc(option: str):
+    """The PC sampler's default for ``option``: written once, in its signature."""
+    from ..sampling import sampler_defaults
+    return sampler_defaults("pc")[option]
+
+
 @dataclass
 class SamplingConfig:
-    """How pictures during training are drawn; the defaults of ``sdegen sample`` for this run."""
+    """How pictures during training are drawn; the defaults of ``sdegen sample`` for this run. The PC
+    defaults are the sampler's own (:func:`sdegen.sampling.sampler_defaults`)."""
     solver: Optional[str] = None           # a fast sampler of sdegen.solvers (e.g. heun) instead of PC
     solver_options: Dict[str, Any] = field(default_factory=dict)  # e.g. {s_churn: 10} for heun
-    predictor: str = "reverse_diffusion"   # sdegen.sampling.PREDICTORS or none
-    corrector: str = "langevin"            # sdegen.sampling.CORRECTORS or none
-    snr: float = 0.16
-    n_corrector_steps: int = 1
-    snr_norm: str = "sample"               # per-sample Langevin steps: samples do not depend on the batch
-    steps: Optional[int] = None            # None: sde.N (PC); a solver needs it
-    eps: float = 1e-3
-    denoise: bool = True
+    predictor: str = _pc("predictor")      # sdegen.sampling.PREDICTORS or none
+    corrector: str = _pc("corrector")      # sdegen.sampling.CORRECTORS or none
+    snr: float = _pc("snr")
+    n_corrector_steps: int = _pc("n_corrector_steps")
+    snr_norm: str = _pc("snr_norm")        # image presets choose "sample": a sample does not depend on its batch
+    steps: Optional[int] = None            # None: sde.N (PC); a solver needs it (or nfe in solver_options)
+    eps: float = _pc("eps")
+    denoise: bool = _pc("denoise")
     n: int = 64                            # samples in each picture (2-D data: points)
     seed: int = 0
+
+    def sampler(self) -> tuple[str, dict]:
+        """``(name, options)`` of this config's sampler for :func:`sdegen.generate`: PC, or ``solver``
+        with ``steps`` (unless its options give ``nfe`` or ``times``), ``eps`` and ``solver_options``."""
+        none = lambda v: None if v == "none" else v  # noqa: E731
+        if self.solver is not None:
+            given = {"nfe", "times"} & set(self.solver_options)   # an evaluation budget or a grid replaces steps
+            steps = {} if self.steps is None or given else {"steps": self.steps}
+            return self.solver, {**steps, "eps": self.eps, **dict(self.solver_options)}
+        return "pc", {"predictor": none(self.predictor), "corrector": none(self.corrector), "snr": self.snr,
+                      "n_corrector_steps": self.n_corrector_steps, "snr_norm": self.snr_norm,
+                      "steps": self.steps, "eps": self.eps, "denoise": self.denoise}
 
 
 @dataclass
@@ -106,7 +137,7 @@ class Config:
 
 
 # Keys that may change when a run is resumed; any other change is refused (it would not be the same run).
-RESUMABLE_CHANGES = ("data.root", "training.steps", "training.time_limit", "training.log_every",
+RESUMABLE_CHANGES = ("data.root", "data.download", "training.steps", "training.time_limit", "training.log_every",
                      "training.ckpt_every", "training.keep", "training.sample_every", "training.device",
                      "training.tensorboard", "training.compile", "sampling")
 
@@ -196,7 +227,7 @@ def validate(cfg: Config) -> Config:
     """Check names and ranges (the network options are checked when the network is built)."""
     from ..losses import LOSSES
     from ..nets import PRESETS
-    from ..sampling import CORRECTORS, PREDICTORS
+    from ..sampling import check_sampler
     from ..sde import SDES
     from ..toy import TOY_SETS
     from ..data import DATASETS
@@ -210,11 +241,6 @@ def validate(cfg: Config) -> Config:
     one_of("sde.name", cfg.sde.name, list(SDES))
     one_of("training.loss", cfg.training.loss, list(LOSSES))
     one_of("training.precision", cfg.training.precision, PRECISIONS)
-    one_of("sampling.predictor", cfg.sampling.predictor, list(PREDICTORS) + ["none"])
-    one_of("sampling.corrector", cfg.sampling.corrector, list(CORRECTORS) + ["none"])
-    one_of("sampling.snr_norm", cfg.sampling.snr_norm, SNR_NORMS)
-    if cfg.sampling.predictor == "none" and cfg.sampling.corrector == "none":
-        raise ConfigError("sampling.predictor and sampling.corrector cannot both be none")
     if cfg.training.loss == "smld" and cfg.sde.name != "ve" or cfg.training.loss == "ddpm" and cfg.sde.name != "vp":
         raise ConfigError(f"training.loss={cfg.training.loss} needs sde.name="
                           f"{'ve' if cfg.training.loss == 'smld' else 'vp'}, got {cfg.sde.name}")
@@ -226,20 +252,31 @@ def validate(cfg: Config) -> Config:
                         ("sampling.n_corrector_steps", cfg.sampling.n_corrector_steps)):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0, got {value}")
-    if cfg.sampling.solver is not None:
-        from ..solvers import SOLVERS
-        one_of("sampling.solver", cfg.sampling.solver, list(SOLVERS))
-        if cfg.sampling.steps is None and cfg.sampling.solver != "adaptive_sde":
-            raise ConfigError(f"sampling.solver={cfg.sampling.solver} needs sampling.steps")
-    steps = cfg.sampling.steps or cfg.sde.N
-    discrete = cfg.sampling.predictor != "euler_maruyama" or cfg.sampling.corrector != "none"
-    if cfg.sampling.solver is None and cfg.sde.name != "ve" and discrete and not steps > cfg.sde.beta_max:
-        raise ConfigError(f"sampling.steps={steps} must exceed sde.beta_max={cfg.sde.beta_max} for the discrete "
-                          "VP chain of the reverse_diffusion / ancestral predictors and the Langevin correctors; "
-                          "use more steps, or predictor euler_maruyama with corrector none")
+    try:
+        sde = cfg.sde.build()
+    except ValueError as e:
+        raise ConfigError(f"sde: {e}") from None
+    name, options = cfg.sampling.sampler()
+    try:  # the sampler's own checks: each rule lives once, in the library
+        check_sampler(sde, name, **options)
+    except ValueError as e:  # name the config keys of the options the message speaks of
+        keys = [k for k in options if re.search(rf"\b{k}\b", str(e))]
+        raise ConfigError(f"{', '.join(f'sampling.{k}' for k in keys) or 'sampling'}: {e}") from None
+    if not 0 <= cfg.training.label_dropout < 1:
+        raise ConfigError(f"training.label_dropout must be in [0, 1), got {cfg.training.label_dropout}")
+    _positive(cfg, ["training.edm_p_std", "training.edm_sigma_data"])
+    if cfg.training.loss == "edm" and cfg.training.likelihood_weighting:
+        raise ConfigError("training.loss=edm has its own weighting; training.likelihood_weighting is for loss dsm")
     if not cfg.optim.ema_rate < 1:
         raise ConfigError(f"optim.ema_rate must be in (0, 1), got {cfg.optim.ema_rate}")
     return cfg
+
+
+def loss_options(t: TrainingConfig) -> Dict[str, Any]:
+    """Keyword arguments of the loss ``t.loss`` beyond those every loss takes: ``sigma_data`` (the edm
+    parametrization) and, for the edm loss, its noise-level distribution."""
+    edm = {"p_mean": t.edm_p_mean, "p_std": t.edm_p_std} if t.loss == "edm" else {}
+    return {"sigma_data": t.edm_sigma_data, **edm}
 
 
 def resume_conflicts(saved: Dict[str, Any], now: Config) -> list[str]:

@@ -32,11 +32,16 @@ class Context:
         return self.world_size > 1
 
 
-def _device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. Under torchrun each process takes GPU ``LOCAL_RANK``."""
-    if name == "auto":
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The one device resolver: ``auto`` (or None): CUDA when available, else CPU; else a torch device
+    string (``cpu``, ``cuda``, ``cuda:N``, ...). Under torchrun each process takes GPU ``LOCAL_RANK``.
+    Raises ValueError for an unknown name or an unavailable CUDA device."""
+    if name is None or name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; accepted: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use device=cpu")
@@ -49,8 +54,8 @@ def _device(name: str) -> torch.device:
 def context(device: str = "auto") -> Context:
     """This process's rank, the number of processes and the device it should compute on."""
     if dist.is_available() and dist.is_initialized():
-        return Context(dist.get_rank(), dist.get_world_size(), _device(device))
-    return Context(0, 1, _device(device))
+        return Context(dist.get_rank(), dist.get_world_size(), resolve_device(device))
+    return Context(0, 1, resolve_device(device))
 
 
 def launched_by_torchrun() -> bool:

@@ -21,15 +21,15 @@ WGAN (Che et al. 2020, Algorithm 2): pass the critic as ``logit``; the energy is
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from . import noise
-from .langevin import langevin
+from .. import noise
+from ..langevin import langevin
+from ..nets.modes import eval_mode
 
 Net = Callable[[torch.Tensor], torch.Tensor]
 
@@ -83,20 +83,6 @@ def latent_energy(generator: Net, logit: Net, prior: Optional[Prior] = None) -> 
     return energy
 
 
-@contextmanager
-def eval_mode(*nets: object) -> Iterator[None]:
-    """Put every ``nn.Module`` among ``nets`` (and all its submodules) in eval mode; restore on exit."""
-    modules = [m for net in nets if isinstance(net, nn.Module) for m in net.modules()]
-    flags = [m.training for m in modules]
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, flag in zip(modules, flags):
-            m.training = flag
-
-
 def _device_of(net: object, default=None):
     if isinstance(net, nn.Module):
         for p in net.parameters():
@@ -135,7 +121,11 @@ def ddls(generator: Net, logit: Net, z0: Optional[torch.Tensor] = None, n: Optio
         callback: called after each step with ``{"i", "z", "energy", "logit", "accepted"}``.
         prior: ``p0``, default :class:`StandardNormal`; latent_shape: default ``generator.latent_shape``.
     """
-    shape = tuple(latent_shape) if latent_shape is not None else getattr(generator, "latent_shape", None)
+    shape = _latent_shape(generator, latent_shape)
+    _check_count(n_steps, "n_steps", 0)
+    if n is not None:
+        _check_count(n, "n", 1)
+    noise.check_generator(rng)
     prior = prior if prior is not None else StandardNormal(shape)
     device = _device_of(generator, _device_of(logit))
     if z0 is None:
@@ -143,8 +133,10 @@ def ddls(generator: Net, logit: Net, z0: Optional[torch.Tensor] = None, n: Optio
             raise ValueError("give z0 or the number of chains n")
         z0 = prior.sample(n, rng)
         z0 = z0.to(device) if device is not None else z0
-    elif n is not None and n != z0.shape[0]:
-        raise ValueError(f"n={n} does not match z0 with {z0.shape[0]} chains")
+    else:
+        _check_z0(z0, shape, _dtype_of(generator))
+        if n is not None and n != z0.shape[0]:
+            raise ValueError(f"n={n} does not match z0 with {z0.shape[0]} chains")
     energy = latent_energy(generator, logit, prior)
 
     def log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -164,6 +156,47 @@ def ddls(generator: Net, logit: Net, z0: Optional[torch.Tensor] = None, n: Optio
     e = -chain.log_prob
     return DDLSResult(z=chain.x, x=x.detach(), energy=e, logit=(-e - prior.log_prob(chain.x)).detach(),
                       acceptance_rate=chain.acceptance_rate, accepted=chain.accepted)
+
+
+def _check_count(value, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= {low}, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+
+
+def _latent_shape(generator: Net, latent_shape: Optional[Sequence[int]]) -> Optional[tuple[int, ...]]:
+    """``latent_shape`` or the generator's; an error if both are given and hold different sizes."""
+    own = getattr(generator, "latent_shape", None)
+    if latent_shape is None:
+        return None if own is None else tuple(own)
+    shape = tuple(int(s) for s in latent_shape)
+    if own is not None and math.prod(shape) != math.prod(own):
+        raise ValueError(f"latent_shape {list(shape)} does not fit the generator, which takes latents "
+                         f"of shape {list(own)}")
+    return shape
+
+
+def _dtype_of(net: object) -> Optional[torch.dtype]:
+    if isinstance(net, nn.Module):
+        for p in net.parameters():
+            return p.dtype
+    return None
+
+
+def _check_z0(z0, shape: Optional[tuple[int, ...]], dtype: Optional[torch.dtype]) -> None:
+    """A clear error for initial latents of the wrong type, dtype or size."""
+    if not torch.is_tensor(z0):
+        raise TypeError(f"z0 must be a tensor [n, *latent_shape], got {type(z0).__name__}")
+    if not z0.is_floating_point():
+        raise TypeError(f"z0 must be a floating-point tensor, got {z0.dtype}")
+    if dtype is not None and z0.dtype != dtype:
+        raise TypeError(f"z0 is {z0.dtype} but the generator's weights are {dtype}; pass z0.to({dtype})")
+    if z0.dim() < 2 or len(z0) == 0:
+        raise ValueError(f"z0 must be a batch of latents [n >= 1, *latent_shape], got shape {list(z0.shape)}")
+    if shape is not None and z0[0].numel() != math.prod(shape):
+        raise ValueError(f"z0 holds latents of shape {list(z0.shape[1:])}; the generator takes "
+                         f"{list(shape)} ({math.prod(shape)} values per latent)")
 
 
 def _half(step_size):
