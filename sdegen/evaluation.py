@@ -233,7 +233,8 @@ def _to_unit(model: "ScoreModel", x: torch.Tensor) -> torch.Tensor:
 
 
 def cell_options(cell: Cell, *, snr: Optional[float] = None, snr_norm: Optional[str] = None,
-                 eps: Optional[float] = None, ode_rtol: Optional[float] = None, ode_atol: Optional[float] = None) -> "SamplerOptions":
+                 eps: Optional[float] = None, ode_rtol: Optional[float] = None,
+                 ode_atol: Optional[float] = None) -> "SamplerOptions":
     """The sampler of ``cell``: PC with one corrector step per level (or none), or the probability-flow
     ODE; all end with the noise-free denoising step (the official ``noise_removal``). Options left None
     take the sampler's defaults (:func:`sdegen.sampling.sampler_defaults`). With ``snr_norm="sample"``

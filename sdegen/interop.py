@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .checkpoint import safe_load
+from .checkpoint import atomic_write, safe_load
 from .sde import SDE, VESDE, VPSDE, ScoreFn, bcast
 
 INSTALL_HINT = "diffusers is not installed; install the extra: pip install 'sdegen[diffusers]'"
@@ -391,7 +391,7 @@ def export_safetensors(model, out: str | os.PathLike, *, source: str = "") -> Pa
     """Write a trained model (:class:`sdegen.train.ScoreModel` with its config; the weights it holds, e.g.
     EMA) to the folder ``out``: ``model.safetensors`` and ``sdegen_config.json`` (format, run config, step,
     source). :func:`load_export` reads it back. Files are written atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from .train.config import to_dict
 
@@ -404,13 +404,9 @@ def export_safetensors(model, out: str | os.PathLike, *, source: str = "") -> Pa
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.net.state_dict().items()}
     meta = {"format": EXPORT_FORMAT, "version": 1, "step": model.step, "source": source,
             "config": to_dict(model.config)}
-    for name, write in ((EXPORT_WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": EXPORT_FORMAT})),
-                        (EXPORT_CONFIG, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))):
-        tmp = out / f".{name}.tmp"
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out / name)
+    weights = save(state, metadata={"format": EXPORT_FORMAT})
+    atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(weights))
+    atomic_write(out / EXPORT_CONFIG, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return out
 
 

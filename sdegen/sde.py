@@ -45,12 +45,16 @@ class SDE:
         if not isinstance(self.N, int) or self.N < 1:
             raise ValueError(f"N must be an integer >= 1, got {self.N!r}")
 
-    def _check_positive(self, *names: str) -> None:
-        """Raise ValueError unless each named field is a finite real number > 0."""
-        for name in names:
+    def _check_range(self, low: str, high: str, strict: bool) -> None:
+        """Raise ValueError unless fields ``low`` and ``high`` are finite real numbers with
+        ``0 < low < high`` (``<=`` unless ``strict``)."""
+        for name in (low, high):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be a finite number > 0, got {v!r}")
+        lo, hi = getattr(self, low), getattr(self, high)
+        if not (lo < hi if strict else lo <= hi):
+            raise ValueError(f"{low} must be {'<' if strict else '<='} {high}, got {low}={lo}, {high}={hi}")
 
     # --- to be defined by each SDE -------------------------------------------------------------
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,10 +169,7 @@ class VESDE(SDE):
 
     def __post_init__(self):
         super().__post_init__()
-        self._check_positive("sigma_min", "sigma_max")
-        if not self.sigma_min < self.sigma_max:
-            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={self.sigma_min}, "
-                             f"sigma_max={self.sigma_max}")
+        self._check_range("sigma_min", "sigma_max", strict=True)
 
     @property
     def prior_std(self) -> float:
@@ -217,10 +218,7 @@ class _BetaSDE(SDE):
 
     def __post_init__(self):
         super().__post_init__()
-        self._check_positive("beta_min", "beta_max")
-        if self.beta_max < self.beta_min:
-            raise ValueError(f"beta_max must be >= beta_min, got beta_min={self.beta_min}, "
-                             f"beta_max={self.beta_max}")
+        self._check_range("beta_min", "beta_max", strict=False)
 
     @property
     def prior_std(self) -> float:

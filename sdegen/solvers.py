@@ -234,7 +234,8 @@ def _sigma_grid(sde, n, schedule, eps, rho, denoise, times=None):
 @torch.no_grad()
 def heun(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, nfe: Optional[int] = None,
          steps: Optional[int] = None, times: Optional[Sequence[float]] = None, schedule: str = "edm",
-         rho: float = 7.0, eps: float = 1e-3, denoise: bool = True, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+         rho: float = 7.0, eps: float = 1e-3, denoise: bool = True, s_churn: float = 0.0, s_tmin: float = 0.0,
+         s_tmax: float = math.inf,
          s_noise: float = 1.0, generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None,
          device=None, dtype: torch.dtype = torch.float32, callback: Optional[Callback] = None,
          step_hook: Optional[StepHook] = None, info: Optional[dict] = None) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from sdegen.metrics.fd_digits import DigitsFeatures, digits_stats, fd_digits, load_digits_split
 from sdegen.metrics import inception as inc
+from sdegen.metrics import suite
 from sdegen.metrics.frechet import (FeatureStats, feature_stats, fid_from_stats, frechet_distance, load_stats,
                                     save_stats, split_stats, summarize)
 from sdegen.metrics.lowdim import mmd_rbf, mode_stats, sliced_wasserstein
@@ -172,11 +173,11 @@ def test_inception_score_of_identical_images_is_one(random_inception):
 def test_kid_via_torch_fidelity():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((200, 16)), rng.standard_normal((200, 16))
-    same, _ = inc.kid(a, b, subsets=20, subset_size=100)
-    shifted, _ = inc.kid(a, b + 1.0, subsets=20, subset_size=100)
+    same, _ = suite.kid(a, b, subsets=20, subset_size=100)
+    shifted, _ = suite.kid(a, b + 1.0, subsets=20, subset_size=100)
     assert abs(same) < 0.05 and shifted > 10 * max(abs(same), 0.01)
     with pytest.raises(ValueError, match="subset_size"):
-        inc.kid(a, b, subset_size=1000)
+        suite.kid(a, b, subset_size=1000)
 
 
 def test_inception_weights_resolution(tmp_path, monkeypatch, random_inception):

@@ -101,7 +101,9 @@ def tiny(argv: list[str], tmp: Path) -> list[str]:
 def runnable(argv: list[str]) -> bool:
     if not argv or argv[0].startswith("-") or argv[0] in NOT_RUN:
         return False
-    if "--from-score-sde" in argv:            # an official checkpoint (hundreds of MB) from the authors
+    if "--from-score-sde" in argv or "--from-diffusers" in argv:   # a published model (hundreds of MB)
+        return False
+    if "runs/c10" in argv:                    # a CIFAR-10 run (its data set and minutes of training)
         return False
     return not ("train" in argv[:1] and not argv[1].startswith("digits"))   # CIFAR-10 training
 

@@ -57,10 +57,8 @@ def _diffusers(args: argparse.Namespace, device):
     except (ImportError, ValueError, FileNotFoundError) as e:
         raise UsageError(str(e))
     # the scheduler's own sampler as the default: DDPM ancestral sampling, or the PC sampler of the VE pipeline
-    s = info["sampling"]
-    defaults = SamplingConfig(predictor=s["predictor"], corrector=s["corrector"] or "none",
-                              snr=s.get("snr", 0.16), n_corrector_steps=s.get("n_corrector_steps", 1),
-                              eps=s.get("eps", 1e-3))
+    s = {**info["sampling"], "corrector": info["sampling"]["corrector"] or "none"}
+    defaults = SamplingConfig(**{k: v for k, v in s.items() if k in SamplingConfig.__dataclass_fields__})
     return model, defaults, f"{Path(info['source']).resolve()} (diffusers, {info['scheduler']})"
 
 

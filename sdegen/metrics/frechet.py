@@ -129,9 +129,11 @@ class FeatureStats:
 
 def save_stats(path: str | os.PathLike, stats: FeatureStats) -> None:
     """Write ``stats`` to an ``.npz`` file with keys mu, sigma, count, extractor, weights_sha256."""
-    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz" to the name
-        np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count),
-                 extractor=np.str_(stats.extractor), weights_sha256=np.str_(stats.weights_sha256))
+    from ..checkpoint import atomic_write
+    # a file object keeps numpy from appending ".npz" to the name
+    atomic_write(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count),
+                                          extractor=np.str_(stats.extractor),
+                                          weights_sha256=np.str_(stats.weights_sha256)))
 
 
 def load_stats(path: str | os.PathLike) -> FeatureStats:

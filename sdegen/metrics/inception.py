@@ -23,6 +23,7 @@ import torch
 from ..checkpoint import safe_load
 from .frechet import (FeatureStats, Images, ValueRange, check_value_range, extract_features, fid_from_stats,
                       load_stats, sha256_file, to_unit_interval)
+from .suite import inception_score_from_logits
 
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILENAME
@@ -63,18 +64,12 @@ def resolve_inception_weights(path: str | os.PathLike | None = None, *, download
 def _download(url: str, dest: Path, timeout_s: float = 60.0) -> None:
     """Fetch ``url`` to ``dest`` through a temporary file; a stalled connection fails after ``timeout_s``."""
     import shutil
-    import tempfile
     import urllib.request
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, suffix=".part", delete=False) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                shutil.copyfileobj(response, tmp)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, dest)
+    from ..checkpoint import atomic_write
+
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        atomic_write(dest, lambda f: shutil.copyfileobj(response, f))
 
 
 @functools.lru_cache(maxsize=2)
@@ -163,29 +158,9 @@ def inception_score(images: Images, *, value_range: ValueRange = None, weights_p
                     batch_size: int = 200, device=None, seed: int = 2020) -> tuple[float, float]:
     """Inception Score (Salimans et al. 2016) as mean and std over ``splits``, by torch-fidelity's
     ``isc_features_to_metric`` on the unbiased logits (samples shuffled with ``seed`` as it does)."""
-    from .suite import inception_score_from_logits
-
     net = InceptionV3(weights_path, device=device, layer="logits_unbiased")
     logits = extract_features(net, images, value_range=value_range, batch_size=batch_size)
     return inception_score_from_logits(logits, splits=splits, seed=seed)
-
-
-def kid(features1, features2, *, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 2020) -> tuple[float, float]:
-    """Kernel Inception Distance (Binkowski et al. 2018): mean and std of the unbiased MMD^2 with a cubic
-    polynomial kernel over random subsets, by torch-fidelity's ``kid_features_to_metric``.
-
-    ``features*``: ``[N, D]`` (e.g. from :func:`inception_features`); needs N >= subset_size."""
-    from torch_fidelity.metric_kid import kid_features_to_metric
-
-    f1, f2 = (torch.as_tensor(np.asarray(f, dtype=np.float64)) for f in (features1, features2))
-    if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"features must be [N, D] with one D, got {list(f1.shape)} and {list(f2.shape)}")
-    if min(len(f1), len(f2)) < subset_size:
-        raise ValueError(f"KID subset_size={subset_size} exceeds the sample counts {len(f1)} and {len(f2)}")
-    out = kid_features_to_metric(f1, f2, kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=seed,
-                                 verbose=False)
-    return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
 
 
 def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:

@@ -45,11 +45,27 @@ def summary(values: Sequence[float]) -> dict:
             "values": v.tolist()}
 
 
+def kid(features1, features2, *, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 2020) -> tuple[float, float]:
+    """Kernel Inception Distance (Binkowski et al. 2018): mean and std of the unbiased MMD^2 with a cubic
+    polynomial kernel over random subsets, by torch-fidelity's ``kid_features_to_metric``.
+
+    ``features*``: ``[N, D]`` (e.g. from :func:`inception_features`); needs N >= subset_size."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    f1, f2 = (torch.as_tensor(np.asarray(f, dtype=np.float64)) for f in (features1, features2))
+    if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"features must be [N, D] with one D, got {list(f1.shape)} and {list(f2.shape)}")
+    if min(len(f1), len(f2)) < subset_size:
+        raise ValueError(f"KID subset_size={subset_size} exceeds the sample counts {len(f1)} and {len(f2)}")
+    out = kid_features_to_metric(f1, f2, kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=seed,
+                                 verbose=False)
+    return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
+
+
 def kid_value(samples: np.ndarray, reference: np.ndarray, seed: int = 2020) -> tuple[float, float, int]:
     """KID (Binkowski et al. 2018) by torch-fidelity: ``(mean, std over subsets, subset size)``; the subset
     size is torch-fidelity's 1000, or the smaller sample count."""
-    from .inception import kid
-
     size = min(KID_SUBSET_SIZE, len(samples), len(reference))
     if size < 2:
         raise ValueError(f"KID needs at least 2 samples and 2 reference images, got {len(samples)} and "

@@ -76,14 +76,7 @@ class EncoderClassifier(nn.Module):
         self.head = layers.dense(ch, num_classes)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        expected = (self.num_channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"expected x of shape [N, {', '.join(map(str, expected))}], got {list(x.shape)}")
-        labels = torch.as_tensor(labels, device=x.device)
-        if labels.dim() == 0:
-            labels = labels.expand(x.shape[0])
-        if labels.shape != (x.shape[0],):
-            raise ValueError(f"expected labels of shape [{x.shape[0]}] or a scalar, got {list(labels.shape)}")
+        labels = layers.check_image_input(x, labels, self.num_channels, self.image_size)
         if self.embedding_type == "fourier":
             emb = self.fourier(torch.log(labels.to(x.dtype)))
         else:

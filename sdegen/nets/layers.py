@@ -237,20 +237,28 @@ class Combine(nn.Module):
         return torch.cat([h, y], dim=1) if self.method == "cat" else h + y
 
 
-class Upsample(nn.Module):
+class _Resample(nn.Module):
+    """The layers of :class:`Upsample` (``up``) and :class:`Downsample`, named as the official modules."""
+
+    def __init__(self, in_ch: int, out_ch: int | None, with_conv: bool, fir: bool, fir_kernel: Sequence[float],
+                 up: bool):
+        super().__init__()
+        out_ch = out_ch or in_ch
+        if with_conv and fir:
+            self.Conv2d_0 = FIRConv2d(in_ch, out_ch, 3, up=up, down=not up, fir_kernel=fir_kernel)
+        elif with_conv:
+            self.Conv_0 = conv2d(in_ch, out_ch) if up else conv2d(in_ch, out_ch, stride=2, padding=0)
+        elif out_ch != in_ch:
+            raise ValueError(f"{type(self).__name__} without conv keeps the channel count")
+        self.with_conv, self.fir, self.fir_kernel = with_conv, fir, tuple(fir_kernel)
+
+
+class Upsample(_Resample):
     """Resolution x2: FIR (optionally fused with a 3x3 conv), or nearest neighbour (optionally + 3x3 conv)."""
 
     def __init__(self, in_ch: int, out_ch: int | None = None, with_conv: bool = False, fir: bool = False,
                  fir_kernel: Sequence[float] = (1, 3, 3, 1)):
-        super().__init__()
-        out_ch = out_ch or in_ch
-        if with_conv and fir:
-            self.Conv2d_0 = FIRConv2d(in_ch, out_ch, 3, up=True, fir_kernel=fir_kernel)
-        elif with_conv:
-            self.Conv_0 = conv2d(in_ch, out_ch)
-        elif out_ch != in_ch:
-            raise ValueError("Upsample without conv keeps the channel count")
-        self.with_conv, self.fir, self.fir_kernel = with_conv, fir, tuple(fir_kernel)
+        super().__init__(in_ch, out_ch, with_conv, fir, fir_kernel, up=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fir:
@@ -259,20 +267,12 @@ class Upsample(nn.Module):
         return self.Conv_0(x) if self.with_conv else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """Resolution /2: FIR (optionally fused with a 3x3 conv), or stride-2 3x3 conv / 2x2 average pooling."""
 
     def __init__(self, in_ch: int, out_ch: int | None = None, with_conv: bool = False, fir: bool = False,
                  fir_kernel: Sequence[float] = (1, 3, 3, 1)):
-        super().__init__()
-        out_ch = out_ch or in_ch
-        if with_conv and fir:
-            self.Conv2d_0 = FIRConv2d(in_ch, out_ch, 3, down=True, fir_kernel=fir_kernel)
-        elif with_conv:
-            self.Conv_0 = conv2d(in_ch, out_ch, stride=2, padding=0)
-        elif out_ch != in_ch:
-            raise ValueError("Downsample without conv keeps the channel count")
-        self.with_conv, self.fir, self.fir_kernel = with_conv, fir, tuple(fir_kernel)
+        super().__init__(in_ch, out_ch, with_conv, fir, fir_kernel, up=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fir:
@@ -331,3 +331,17 @@ class ResnetBlock(nn.Module):
         if self.shortcut is not None:
             x = getattr(self, self.shortcut)(x)
         return merge_residual(x, h, self.skip_rescale)
+
+
+def check_image_input(x: torch.Tensor, labels, channels: int, size: int) -> torch.Tensor:
+    """Check ``x`` is ``[N, channels, size, size]``; return the noise ``labels`` as a tensor ``[N]`` (a
+    scalar is broadcast)."""
+    expected = (channels, size, size)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"expected x of shape [N, {', '.join(map(str, expected))}], got {list(x.shape)}")
+    labels = torch.as_tensor(labels, device=x.device)
+    if labels.dim() == 0:
+        labels = labels.expand(x.shape[0])
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"expected labels of shape [{x.shape[0]}] or a scalar, got {list(labels.shape)}")
+    return labels

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import layers as _layers
+from .layers import (GaussianFourierProjection, add_class_embedding, class_embedding, get_activation,
+                     positional_embedding)
 
 EMBEDDINGS = ("positional", "fourier")
 
@@ -28,12 +29,12 @@ class MLPScoreNet(nn.Module):
             raise ValueError("dim, hidden and layers must be >= 1 and embed_dim an even number >= 2; got "
                              f"dim={dim}, hidden={hidden}, layers={layers}, embed_dim={embed_dim}")
         self.dim, self.embedding, self.embed_dim = dim, embedding, embed_dim
-        self.act = _layers.get_activation(nonlinearity)
+        self.act = get_activation(nonlinearity)
         if embedding == "fourier":
-            self.fourier = _layers.GaussianFourierProjection(embed_dim // 2, fourier_scale)
+            self.fourier = GaussianFourierProjection(embed_dim // 2, fourier_scale)
         self.temb = nn.Sequential(nn.Linear(embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.num_classes = num_classes
-        self.class_embed = _layers.class_embedding(num_classes, hidden)
+        self.class_embed = class_embedding(num_classes, hidden)
         self.inp = nn.Linear(dim, hidden)
         self.cond = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
         self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
@@ -51,8 +52,8 @@ class MLPScoreNet(nn.Module):
         if self.embedding == "fourier":
             emb = self.fourier(labels)
         else:
-            emb = _layers.positional_embedding(labels, self.embed_dim).to(x.dtype)
-        temb = _layers.add_class_embedding(self.temb(emb), self.class_embed, y)
+            emb = positional_embedding(labels, self.embed_dim).to(x.dtype)
+        temb = add_class_embedding(self.temb(emb), self.class_embed, y)
         h = self.inp(x)
         for cond, lin in zip(self.cond, self.blocks):
             h = h + lin(self.act(h + cond(temb)))
