@@ -31,10 +31,10 @@ import torch
 
 from sdegen import toy
 from sdegen.metrics.lowdim import sliced_wasserstein
-from sdegen.sampling import sample
+from sdegen.sampling import generate, sampler_defaults
 from sdegen.score import CountingScore
 from sdegen.sde import VESDE, VPSDE
-from sdegen.solvers import sigma_of_t, solve, t_of_sigma
+from sdegen.solvers import sigma_of_t, t_of_sigma
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFES = (5, 10, 20, 35, 50, 100, 1000)
@@ -44,16 +44,16 @@ DATASETS = ("grid25", "gmm16d")
 EPS = 1e-3
 N_TRUE = 8  # independent true sample sets that measure the noise of each figure
 
-# our samplers: name -> options of sdegen.solvers.solve (all at an exact NFE budget)
-OURS = {
-    "heun": dict(solver="heun"),
-    "heun_churn": dict(solver="heun", s_churn=10.0, s_tmin=0.05, s_tmax=50.0),
-    "euler(ddim)": dict(solver="ddim"),
-    "ddim_eta1": dict(solver="ddim", eta=1.0),
-    "dpm_solver_3s": dict(solver="dpm_solver", order=3),
-    "dpm_solver_3m": dict(solver="dpm_solver_multistep", order=3),
-    "dpm_solver_pp_2m": dict(solver="dpm_solver_pp_2m"),
-    "dpm_solver_pp_2m_logsnr": dict(solver="dpm_solver_pp_2m", schedule="logsnr"),  # Lu et al.'s grid
+# our samplers (all at an exact NFE budget)
+OURS = {   # name -> sampler of sdegen.generate and its options
+    "heun": dict(sampler="heun"),
+    "heun_churn": dict(sampler="heun", s_churn=10.0, s_tmin=0.05, s_tmax=50.0),
+    "euler(ddim)": dict(sampler="ddim"),
+    "ddim_eta1": dict(sampler="ddim", eta=1.0),
+    "dpm_solver_3s": dict(sampler="dpm_solver", order=3),
+    "dpm_solver_3m": dict(sampler="dpm_solver_multistep", order=3),
+    "dpm_solver_pp_2m": dict(sampler="dpm_solver_pp_2m"),
+    "dpm_solver_pp_2m_logsnr": dict(sampler="dpm_solver_pp_2m", schedule="logsnr"),  # Lu et al.'s grid
 }
 ADAPTIVE_RTOLS = (0.1, 0.05, 0.02, 0.01)
 QUICK_RTOLS = (0.05,)
@@ -88,7 +88,8 @@ def run_peer(name: str, sde, score, n: int, dim: int, nfe: int, seed: int):
         if not isinstance(sde, VESDE) or nfe < 2:
             return None
         sched = diffusers.ScoreSdeVeScheduler(sigma_min=sde.sigma_min, sigma_max=sde.sigma_max,
-                                              sampling_eps=EPS, snr=0.16, correct_steps=1)
+                                              sampling_eps=EPS, snr=sampler_defaults("pc")["snr"],
+                                              correct_steps=1)
         sched.set_timesteps(nfe // 2, sampling_eps=EPS)
         sched.set_sigmas(nfe // 2, sampling_eps=EPS)
         x = sched.init_noise_sigma * torch.randn(n, dim, generator=gen)
@@ -149,21 +150,21 @@ def run_job(data: str, sde_name: str, n: int, nfes, rtols, peers: bool, seed: in
         for nfe in nfes:
             score = CountingScore(mix.score_fn(sde))
             t0 = time.perf_counter()
-            x = solve(sde, score, (n, mix.dim), nfe=nfe, eps=EPS, generator=torch.Generator().manual_seed(seed),
-                      **opts)
+            x = generate(sde, score, (n, mix.dim), nfe=nfe, eps=EPS, generator=torch.Generator().manual_seed(seed),
+                         **opts)
             record(method, "ours", x, score.nfe, time.perf_counter() - t0)
     for rtol in rtols:
         score, info = CountingScore(mix.score_fn(sde)), {}
         t0 = time.perf_counter()
-        x = solve(sde, score, (n, mix.dim), solver="adaptive_sde", rtol=rtol, eps=EPS, info=info,
-                  generator=torch.Generator().manual_seed(seed))
+        x = generate(sde, score, (n, mix.dim), sampler="adaptive_sde", rtol=rtol, eps=EPS, info=info,
+                     generator=torch.Generator().manual_seed(seed))
         record(f"adaptive_sde(rtol={rtol})", "ours_adaptive", x, round(score.n_scored / n, 1),
                time.perf_counter() - t0, batched_calls=score.nfe)
     for method, corrector in (("P1000", None), ("PC1000", "langevin")):
         score = CountingScore(mix.score_fn(sde))
         t0 = time.perf_counter()
-        x = sample(sde, score, (n, mix.dim), predictor="reverse_diffusion", corrector=corrector, steps=1000,
-                   eps=EPS, generator=torch.Generator().manual_seed(seed))
+        x = generate(sde, score, (n, mix.dim), sampler="pc", predictor="reverse_diffusion", corrector=corrector,
+                     steps=1000, eps=EPS, generator=torch.Generator().manual_seed(seed))
         record(method, "reference", x, score.nfe, time.perf_counter() - t0)
     if peers:
         for method in PEERS:
