@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdegen.train import load_run, sample_to_npz, train
-from sdegen.train.sample_job import SamplerOptions
+from sdegen.cli import main
+from sdegen.train import load_run, train
 
 from test_train import _merge, subprocess_env, write_yaml
 
@@ -34,12 +34,20 @@ def free_port() -> int:
 
 
 
-def test_two_processes_train_and_sample_like_one(tmp_path):
-    cfg = _merge(["training.steps=12", "training.log_every=1", "training.ckpt_every=6", "training.batch_size=64"])
+# the plain toy run, and a class-conditional one with label dropout (its per-row drops must not depend on
+# how the batch is split over processes)
+CONDITIONAL = ["model.options.num_classes=3", "training.label_dropout=0.3"]
+
+
+@pytest.mark.parametrize("extra", [[], CONDITIONAL], ids=["plain", "conditional"])
+def test_two_processes_train_and_sample_like_one(tmp_path, extra):
+    cfg = _merge(["training.steps=12", "training.log_every=1", "training.ckpt_every=6", "training.batch_size=64",
+                  *extra])
     yaml = write_yaml(tmp_path / "toy.yaml", cfg)
     one = train(cfg, tmp_path / "one", progress=False)
-    opts = SamplerOptions.from_config(cfg.sampling)
-    ref = sample_to_npz(one.model, tmp_path / "one.npz", n=10, batch_size=10, seed=4, options=opts)
+    ref = tmp_path / "one.npz"   # one process, one batch (a conditional run: sample i of class i mod 3)
+    assert main(["sample", str(tmp_path / "one"), "--n", "10", "--batch-size", "10", "--seed", "4", "--out", str(ref),
+                 "--device", "cpu", "--no-progress", "--no-grid", "--threads", "1"]) == 0
 
     script = tmp_path / "launch.py"
     script.write_text(SCRIPT)
