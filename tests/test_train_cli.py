@@ -213,3 +213,16 @@ def test_quickstart_writes_samples_grid_and_quality_figure(tmp_path, capsys):
         assert f["samples"].shape == (12, 8, 8, 1)
     code, _, err = sdegen(capsys, "quickstart", "--config", "nope", "--workdir", tmp_path / "x")
     assert code == 2 and "unknown config 'nope'" in err
+
+
+def test_sampler_names_pc_and_ode_are_the_pc_sampler_and_ode(toy_run, tmp_path, capsys):
+    import numpy as np
+    common = ["--n", 6, "--seed", 2, "--no-progress", "--no-grid"]
+    for named, flags in ((["--sampler", "ode"], ["--ode"]), (["--sampler", "pc", "--steps", 30], ["--steps", 30])):
+        a, b = tmp_path / f"{named[1]}_named.npz", tmp_path / f"{named[1]}_flags.npz"
+        assert sdegen(capsys, "sample", toy_run, *named, *common, "--out", a)[0] == 0
+        assert sdegen(capsys, "sample", toy_run, *flags, *common, "--out", b)[0] == 0
+        with np.load(a) as fa, np.load(b) as fb:
+            assert np.array_equal(fa["samples"], fb["samples"])
+    code, _, err = sdegen(capsys, "sample", toy_run, "--sampler", "rk45", *common, "--out", tmp_path / "x.npz")
+    assert code == 2 and "unknown sampler 'rk45'" in err

@@ -34,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else vp)")
     add_external_arguments(parser)
     g = parser.add_argument_group("sampler (defaults: the run's config; official models: their paper's)")
-    g.add_argument("--solver", default=None,
-                   help="a fast sampler of sdegen.solvers instead of PC: heun, ddim, dpm_solver, "
-                        "dpm_solver_multistep, dpm_solver_pp_2m, adaptive_sde (with --steps)")
+    g.add_argument("--solver", "--sampler", default=None,
+                   help="a sampler of sdegen.SAMPLERS: a fast one (heun, ddim, dpm_solver, dpm_solver_multistep, "
+                        "dpm_solver_pp_2m, adaptive_sde: with --steps or --solver-option nfe=N), or pc / ode")
     g.add_argument("--solver-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of --solver, e.g. s_churn=10 (repeatable)")
     g.add_argument("--predictor", default=None, help="reverse_diffusion, euler_maruyama, ancestral or none")
@@ -171,6 +171,8 @@ def sampler_options(args: argparse.Namespace, model, defaults):
         ve = isinstance(model.sde, VESDE)
         defaults = SamplingConfig(predictor="reverse_diffusion" if ve else "euler_maruyama",
                                   corrector="langevin" if ve else "none")
+    pc = args.solver == "pc"                     # --sampler pc / ode: the PC sampler or --ode
+    args.ode, args.solver = args.ode or args.solver == "ode", None if args.solver in ("pc", "ode") else args.solver
     if args.ode and (args.predictor or args.corrector or args.snr or args.n_corrector_steps or args.solver):
         raise UsageError("--ode integrates the probability-flow ODE: it takes no --solver, --predictor, "
                          "--corrector, --snr or --n-corrector-steps")
@@ -185,7 +187,7 @@ def sampler_options(args: argparse.Namespace, model, defaults):
     if args.ode:
         opts = SamplerOptions("ode").changed(method=args.ode_method, rtol=args.rtol, atol=args.atol, eps=args.eps,
                                              denoise=denoise)
-    elif args.solver is not None or (defaults.solver is not None and args.predictor is None
+    elif args.solver is not None or (defaults.solver is not None and not pc and args.predictor is None
                                      and args.corrector is None):
         solver = args.solver or defaults.solver
         extra = dict(defaults.solver_options) if solver == defaults.solver else {}

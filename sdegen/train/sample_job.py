@@ -321,7 +321,8 @@ def describe(options: SamplerOptions, sde_steps: int) -> str:
     if options.sampler == "pc":
         return f"{o.get('predictor') or 'no predictor'} + {o.get('corrector') or 'no corrector'}, {steps} steps"
     skip = ("steps", "eps")
-    head = f"{options.sampler}, {steps} steps" if "steps" in o else options.sampler
+    given = options.options.get("nfe") is not None or options.options.get("times") is not None
+    head = f"{options.sampler}, {steps} steps" if "steps" in o and not given else options.sampler
     return head + "".join(f", {k}={v}" for k, v in options.options.items()
                                                          if k not in skip)
 
