@@ -10,7 +10,7 @@ plus the sampling noise of ``n`` draws. Cases (one observed coordinate, the same
 
 Sweeps, under the VP SDE (and VE for ``corr2``): ``replace`` on the PC sampler (reverse diffusion + Langevin) against
 its steps and on ``dpm_solver_pp_2m`` against its NFE; ``repaint`` (200 steps, predictor only, ``J = 10``)
-against ``U``; ``smc`` (the twisted diffusion sampler, 200 steps) against ``K``. ``nfe`` is score evaluations per returned draw
+against ``U``, and on EDM's stochastic Heun sampler (``repaint:heun``: 50 steps, ``s_churn = 10``, ``J = 5``); ``smc`` (the twisted diffusion sampler, 200 steps) against ``K``. ``nfe`` is score evaluations per returned draw
 (``steps * K`` for smc, each with two backward passes through the score). Errors (``GaussianMixture.distribution_report``): ``tv`` between the mean
 responsibilities and the exact component weights, the error of the conditional mean and the relative
 error of its variance. The noise floor is the same figures for exact draws (mean over 10 sets of ``n``).
@@ -62,6 +62,8 @@ def sweeps(quick: bool) -> list[tuple[str, str, int, dict]]:
     out += [("replace:dpm_solver_pp_2m", "nfe", n, dict(method="replace", sampler="dpm_solver_pp_2m", nfe=n))
             for n in nfes]
     out += [("repaint", "U", u, dict(method="repaint", steps=200, corrector=None, resample=u, jump=10)) for u in us]
+    out += [("repaint:heun", "U", u, dict(method="repaint", sampler="heun", steps=50, s_churn=10.0, resample=u,
+                                          jump=5)) for u in us]
     out += [("smc", "K", k, dict(method="smc", steps=200, particles=k)) for k in ks]
     return out
 
@@ -71,9 +73,10 @@ def nfe_of(label: str, opts: dict) -> int:
         return 2 * opts["steps"] - 1                      # a predictor and (but after the last) a corrector
     if label == "replace:dpm_solver_pp_2m":
         return opts["nfe"]
-    if label == "repaint":                                # each jump level J steps back up U - 1 times
+    if label.startswith("repaint"):                       # each jump level J steps back up U - 1 times
         n, j, u = opts["steps"], opts["jump"], opts["resample"]
-        return n + (u - 1) * j * len(range(1, n - j + 1, j))
+        per_step = 2 if label == "repaint:heun" else 1      # Heun: 2 per step, 1 for the final denoising step
+        return per_step * n + (label == "repaint:heun") + per_step * (u - 1) * j * len(range(1, n - j + 1, j))
     return opts["steps"] * opts["particles"]
 
 
@@ -160,8 +163,9 @@ def plot(rows: list[dict], floors: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("replace:pc", "NFE (PC steps x 2)", "nfe"), ("repaint", "U (resamplings, J = 10, 200 steps)", "value"),
+              ("repaint:heun", "U (resamplings, J = 5, Heun 50 steps)", "value"),
               ("smc", "K (particles, 200 steps)", "value")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     colors = dict(zip(floors, ("C0", "C1", "C2")))
     for ax, (method, xlabel, xkey) in zip(axes, panels):
         for case in floors:

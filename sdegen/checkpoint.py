@@ -197,6 +197,21 @@ def prune(folder: str | os.PathLike, keep: int, run: Optional[str] = None) -> li
     return found[keep:]
 
 
+def stats_upto(path: str | os.PathLike, step: int) -> list[dict]:
+    """The rows of a run's ``stats.jsonl`` up to ``step`` (rows logged after the last checkpoint of a killed
+    run are dropped from the file too, atomically, so a resumed run logs them once)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["step"] <= step]
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    atomic_write(path, lambda f: f.write(text))
+    return rows
+
+
 def all_finite(obj: Any) -> bool:
     """Whether every floating-point tensor in ``obj`` (nested dicts, lists, tuples) is finite."""
     if isinstance(obj, torch.Tensor):

@@ -8,9 +8,11 @@ of its result equal ``known`` exactly. Its methods (:data:`METHODS`):
   current time. It rides on the sampler contract's ``step_hook``, so it works with every sampler that
   takes one (all but the adaptive ODE sampler).
 - ``"repaint"``: Lugmayr et al. 2022 (RePaint, Algorithm 1 with the "jump" schedule of its code): the same
-  replacement on the PC chain, which every ``jump`` steps travels ``jump`` steps back up in time with the
-  chain's own forward steps, ``resample - 1`` times, so the unobserved part can harmonise with the observed
-  one. Like the replacement it conditions on a noised copy of ``known``, so it is not exact: more
+  replacement hook, and every ``jump`` steps the state travels ``jump`` steps back up in time and down again,
+  ``resample - 1`` times, so the unobserved part can harmonise with the observed one. With ``"pc"`` it
+  travels on the chain (its predictor and correctors down, its forward steps up); with any sampler that
+  runs on a time grid (every fixed-step solver: it takes ``times``), the sampler itself re-runs the piece
+  of its grid, and the SDE's transition kernel noises the state up. Like the replacement it conditions on a noised copy of ``known``, so it is not exact: more
   resampling brings it closer to the replacement's equilibrium, which on some conditionals is further
   from the exact one than a single pass (benchmarks/conditional_accuracy.py).
 - ``"smc"``: the twisted diffusion sampler (TDS, Wu et al. 2023, Algorithm 1): ``particles`` particles per
@@ -35,7 +37,8 @@ import torch
 
 from . import noise
 from .contract import Observed
-from .sampling import CORRECTORS, PREDICTORS, generate, sampler_defaults
+from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, generate, sampler_defaults
+from .solvers import solver_grid
 from .score import ScoreFn
 from .sde import SDE, bcast
 
@@ -58,13 +61,14 @@ def inpaint(sde: SDE, score_fn: ScoreFn, known: torch.Tensor, mask, *, method: s
         mask: ``known``'s shape or broadcastable to it; 1 (True) where an entry is observed.
         method: ``"replace"``, ``"repaint"`` or ``"smc"`` (see the module documentation).
         sampler: for ``"replace"`` any sampler of :data:`sdegen.SAMPLERS` that takes a ``step_hook``;
-            ``"repaint"`` and ``"smc"`` drive the ``"pc"`` sampler's predictors and correctors themselves.
+            ``"repaint"``: ``"pc"`` or a fixed-step solver (one that takes ``times``); ``"smc"`` drives the
+            ``"pc"`` sampler's predictor itself.
         generator: a ``torch.Generator``, or one per row (:mod:`sdegen.noise`).
         resample, jump: RePaint's ``U`` (passes over each stretch, 1 = plain replacement) and ``J`` (steps
             per stretch); defaults 5 and 10.
         particles: SMC's ``K`` per row; default 16.
-        sampler_options: the sampler's options (:func:`sdegen.sampling.sampler_defaults`); ``"repaint"``
-            and ``"smc"`` take those of ``"pc"`` among :data:`CHAIN_OPTIONS` (``"smc"``: no corrector).
+        sampler_options: the sampler's options (:func:`sdegen.sampling.sampler_defaults`); on the PC chain
+            ``"repaint"`` and ``"smc"`` take those among :data:`CHAIN_OPTIONS` (``"smc"``: no corrector).
 
     Returns: ``[B, ...]`` with ``known``'s dtype, equal to ``known`` where ``mask`` is 1.
     """
@@ -81,19 +85,25 @@ def inpaint(sde: SDE, score_fn: ScoreFn, known: torch.Tensor, mask, *, method: s
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     known, mask = _check_observation(known, mask)
 
-    if method == "replace":
-        def replace(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return torch.where(mask, _noised(sde, known, t, generator), x)
+    def replace(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:   # the step hook
+        return torch.where(mask, _noised(sde, known, t, generator), x)
 
+    if method == "replace":
         x = generate(sde, score_fn, tuple(known.shape), sampler=sampler, generator=generator,
                      device=known.device, step_hook=replace, **sampler_options)
+    elif method == "repaint" and sampler != "pc":
+        if sampler not in SAMPLERS or "times" not in sampler_defaults(sampler):
+            grid = sorted(k for k in SAMPLERS if "times" in sampler_defaults(k))
+            raise ValueError(f"method 'repaint' runs on a time grid: sampler 'pc' or one that takes times "
+                             f"{grid}; got sampler={sampler!r}")
+        x = _repaint_solver(sde, score_fn, known, replace, sampler, sampler_options, opts["resample"],
+                            opts["jump"], generator)
     else:
         if sampler != "pc":
-            raise ValueError(f"method {method!r} runs the 'pc' sampler's chain itself; got sampler={sampler!r} "
-                             "(use method='replace' with other samplers)")
+            raise ValueError(f"method 'smc' runs the 'pc' sampler's chain itself; got sampler={sampler!r}")
         chain = _Chain(sde, score_fn, sampler_options, method, generator)
         if method == "repaint":
-            x = _repaint(chain, known, mask, opts["resample"], opts["jump"])
+            x = _repaint_pc(chain, known, replace, opts["resample"], opts["jump"])
         else:
             x = _smc(chain, known, mask, opts["particles"])
     return torch.where(mask, known, x.to(known.dtype))
@@ -223,34 +233,65 @@ class _Chain:
         return self.predict(self.sde, self.score_fn, x, self.tvec(level, x), z)
 
 
-def _repaint(chain: _Chain, known: torch.Tensor, mask: torch.Tensor, resample: int, jump: int) -> torch.Tensor:
-    """RePaint (Lugmayr et al. 2022, Algorithm 1) on the PC chain: the official ``get_schedule_jump``
-    (``jump_length = J``, ``jump_n_sample = U``) on levels: arriving at a level ``l = 1 + m J`` with
-    ``l + J <= N`` (RePaint's ``t = l - 1``), the state travels ``J`` levels back up ``U - 1`` times."""
-    gen, o, N = chain.generator, chain.o, chain.steps
-    x = chain.sde.prior_sampling(known.shape, gen, device=known.device, dtype=known.dtype)
-
-    def replace(x, level):
-        return torch.where(mask, _noised(chain.sde, known, chain.tvec(level, x), gen), x)
-
-    jumps = {level: resample - 1 for level in range(1, N - jump + 1, jump)}
+def _repaint(x: torch.Tensor, down, up, N: int, jump: int, resample: int) -> torch.Tensor:
+    """RePaint's schedule (Lugmayr et al. 2022, Algorithm 1; the official ``get_schedule_jump`` with
+    ``jump_length = J``, ``jump_n_sample = U``) on levels ``N`` (at ``T``) to ``0``: arriving at a level
+    ``l = 1 + m J`` with ``l + J <= N`` (RePaint's ``t = l - 1``), the state travels ``J`` levels back up and
+    down again, ``U - 1`` times. ``down(x, hi, lo)`` runs the sampler (with the replacement) from level
+    ``hi`` to ``lo``; ``up(x, lo, hi)`` noises ``x`` forward from ``lo`` to ``hi``."""
     level = N
-    while level > 0:
-        x, mean = chain.predictor(x, level, noise.randn_like(x, gen))
-        level -= 1
-        x = replace(mean if level == 0 and o["denoise"] else x, level)
-        if chain.correct is not None and level > 0:
-            for _ in range(o["n_corrector_steps"]):
-                x, _ = chain.correct(chain.sde, chain.score_fn, x, chain.tvec(level, x), o["snr"], 1, gen,
-                                     o["snr_norm"])
-                x = replace(x, level)
-        if jumps.get(level, 0) > 0:   # time travel: forward-noise the whole state J levels up
-            jumps[level] -= 1
-            for up in range(level + 1, level + jump + 1):   # the chain's own forward steps q(x_t | x_{t-1})
-                f, G = chain.sde.discretize(x, chain.tvec(up, x))
-                x = x + f + bcast(G, x) * noise.randn_like(x, gen)
-            level += jump
+    for stop in list(range(1, N - jump + 1, jump))[::-1] + [0]:
+        x = down(x, level, stop)
+        level = stop
+        for _ in range(resample - 1 if stop > 0 else 0):
+            x = down(up(x, stop, stop + jump), stop + jump, stop)
     return x
+
+
+def _repaint_pc(chain: _Chain, known: torch.Tensor, replace, resample: int, jump: int) -> torch.Tensor:
+    """RePaint on the PC chain: its predictor and correctors go down, its own forward steps
+    ``q(x_l | x_{l-1})`` go up."""
+    gen, o = chain.generator, chain.o
+
+    def down(x, hi, lo):
+        for level in range(hi, lo, -1):
+            x, mean = chain.predictor(x, level, noise.randn_like(x, gen))
+            x = replace(mean if level == 1 and o["denoise"] else x, chain.tvec(level - 1, x))
+            if chain.correct is not None and level > 1:
+                for _ in range(o["n_corrector_steps"]):
+                    x, _ = chain.correct(chain.sde, chain.score_fn, x, chain.tvec(level - 1, x), o["snr"], 1, gen,
+                                         o["snr_norm"])
+                    x = replace(x, chain.tvec(level - 1, x))
+        return x
+
+    def up(x, lo, hi):
+        for level in range(lo + 1, hi + 1):
+            f, G = chain.sde.discretize(x, chain.tvec(level, x))
+            x = x + f + bcast(G, x) * noise.randn_like(x, gen)
+        return x
+
+    x = chain.sde.prior_sampling(known.shape, gen, device=known.device, dtype=known.dtype)
+    return _repaint(x, down, up, chain.steps, jump, resample)
+
+
+def _repaint_solver(sde: SDE, score_fn: ScoreFn, known: torch.Tensor, replace, sampler: str, options: dict,
+                    resample: int, jump: int, generator) -> torch.Tensor:
+    """RePaint with a fixed-step solver: the solver runs, with the replacement as its step hook, on the
+    pieces of its own time grid (``times``); up is the SDE's exact transition kernel. A run on a piece
+    starts afresh (a multistep solver refills its history; ``dpm_solver`` takes ``order`` on every step)."""
+    grid, rest = solver_grid(sampler, sde, options)
+    denoise, n = rest.pop("denoise", True), len(grid) - 1
+
+    def down(x, hi, lo):
+        return generate(sde, score_fn, tuple(known.shape), sampler=sampler, generator=generator,
+                        device=known.device, x_T=x, step_hook=replace, times=grid[n - hi:n - lo + 1],
+                        denoise=denoise and lo == 0, **rest)
+
+    def up(x, lo, hi):
+        return sde.transition(x, grid[n - lo], grid[n - hi], noise.randn_like(x, generator))
+
+    x = sde.prior_sampling(known.shape, generator, device=known.device, dtype=known.dtype)
+    return _repaint(x, down, up, n, jump, resample)
 
 
 def _smc(chain: _Chain, known: torch.Tensor, mask: torch.Tensor, K: int) -> torch.Tensor:

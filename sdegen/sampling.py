@@ -8,7 +8,6 @@ corrector step runs Langevin MCMC at fixed ``t``. Noise comes from ``generator``
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable, Optional, Sequence
 

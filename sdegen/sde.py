@@ -84,6 +84,17 @@ class SDE:
         mean, std = self.marginal_prob(x0, t)
         return mean + bcast(std, x0) * noise_
 
+    def transition(self, x: torch.Tensor, s: float, t: float, noise_: torch.Tensor) -> torch.Tensor:
+        """A draw of ``x(t)`` given ``x(s) = x`` for times ``s < t`` (forward in time), with standard normal
+        ``noise_``: ``N((a_t / a_s) x, (s_t^2 - (a_t / a_s)^2 s_s^2) I)``, the transition kernel of a linear
+        SDE (Kingma et al. 2021, VDM, Sec. 3.1: ``alpha_t|s``, ``sigma_t|s``)."""
+        if not 0 <= s < t <= self.T:
+            raise ValueError(f"transition needs 0 <= s < t <= T={self.T}, got s={s}, t={t}")
+        (a_s, a_t), (s_s, s_t) = self.marginal_coeffs(torch.tensor([s, t], dtype=torch.float64))
+        ratio = (a_t / a_s).item()
+        std = math.sqrt(max(s_t.item() ** 2 - ratio ** 2 * s_s.item() ** 2, 0.0))
+        return ratio * x + std * noise_
+
     def prior_sampling(self, shape: Sequence[int], generator: noise.Generator = None, *,
                        device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A draw from the prior ``p_T = N(0, prior_std^2 I)``."""

@@ -118,6 +118,31 @@ def time_grid(sde: SDE, steps: int, schedule: str = "edm", eps: float = 1e-3, rh
     return t
 
 
+def solver_grid(solver: str, sde: SDE, options: dict) -> tuple[list[float], dict]:
+    """The time grid (floats, ``T`` down to the last time, without the denoising step) that the fixed-step
+    ``solver`` runs with ``options``, and the options left once the grid is fixed: what a run on a piece
+    of the grid takes beside ``times`` (RePaint's resampling, :mod:`sdegen.conditional`). With ``nfe``, the
+    grid has the steps that budget gives (``dpm_solver``: its DPM-Solver-fast split's steps)."""
+    fn = SOLVERS.get(solver)
+    if fn is None or "times" not in inspect.signature(fn).parameters:
+        fixed = sorted(k for k, f in SOLVERS.items() if "times" in inspect.signature(f).parameters)
+        raise ValueError(f"{solver!r} has no fixed time grid; the fixed-step solvers are {fixed}")
+    o = {k: v for k, v in options.items() if k not in ("nfe", "steps", "times", "schedule", "rho", "eps")}
+    if options.get("times") is not None:
+        if any(options.get(k) is not None for k in ("nfe", "steps")):
+            raise ValueError(f"{solver}: give times or nfe/steps, not both")
+        return _given_times(options["times"], solver), o
+    nfe, steps, denoise = options.get("nfe"), options.get("steps"), options.get("denoise", True)
+    order = options.get("order", 3 if solver == "dpm_solver" else 1)
+    per_step = {"heun": 2, "dpm_solver": order}.get(solver, 1)
+    n = _n_steps(nfe, steps, denoise, solver, per_step)
+    if solver == "dpm_solver" and nfe is not None:
+        _check_order(order)
+        n = len(_fast_orders(nfe - int(denoise), order))
+    grid = time_grid(sde, n, options.get("schedule", "edm"), options.get("eps", 1e-3), options.get("rho", 7.0))
+    return grid.tolist(), o
+
+
 # --- the score in the sigma parametrisation ---------------------------------------------------------
 
 

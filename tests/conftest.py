@@ -24,3 +24,16 @@ def _fixed_threads():
     with threadpool_limits(k):
         yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def random_vgg16(tmp_path_factory):
+    """A torchvision VGG-16 state dict with random (seeded) weights: for checking the precision/recall
+    pipeline without the ImageNet weights (its figures mean nothing)."""
+    import torchvision
+
+    path = tmp_path_factory.getbasetemp() / "random-vgg16.pth"
+    if not path.is_file():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.vgg16().state_dict(), path)
+    return path

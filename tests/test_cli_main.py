@@ -135,3 +135,23 @@ def test_train_download_without_network_is_one_line(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("sdegen train: error: could not download https://") and "Name or service not known" in err
+
+
+def test_nproc_per_node_launches_processes_and_reports_errors_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sdegen = [sys.executable, "-m", "sdegen"]
+    ok = subprocess.run(sdegen + ["train", "digits_vp", "--workdir", str(tmp_path / "run"), "training.steps=2",
+                                  "training.sample_every=0", "training.tensorboard=false", "--no-progress",
+                                  "--nproc-per-node", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("step 2, loss") == 1 and (tmp_path / "run" / "checkpoints").is_dir()   # rank 0 reports
+    bad = subprocess.run(sdegen + ["train", "mnist_vp", "--workdir", str(tmp_path / "m"), f"data.root={tmp_path}/none",
+                                   "--nproc-per-node=2"], env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and "MNIST not found" in lines[0], bad.stderr
+    torchrun = subprocess.run(sdegen + ["train", "digits_vp", "--workdir", str(tmp_path / "x"), "--nproc-per-node", "2"],
+                              env={**env, "WORLD_SIZE": "2", "RANK": "0"}, capture_output=True, text=True, timeout=300)
+    assert torchrun.returncode == 2 and "under torchrun leave it out" in torchrun.stderr

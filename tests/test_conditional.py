@@ -94,8 +94,10 @@ INDEPENDENT = GaussianMixture([[0.5, -2.0], [0.5, 2.0]], [[[0.3, 0.0], [0.0, 0.1
     ("replace", "pc", dict(steps=200)),
     ("replace", "dpm_solver_pp_2m", dict(nfe=50)),
     ("repaint", "pc", dict(steps=200, resample=2, jump=10)),
+    ("repaint", "heun", dict(steps=30, s_churn=5.0, resample=3, jump=5)),
+    ("repaint", "dpm_solver_pp_2m", dict(steps=30, resample=3, jump=5)),
     ("smc", "pc", dict(steps=200, particles=4)),
-], ids=["replace-pc", "replace-dpm_solver_pp_2m", "repaint", "smc"])
+], ids=["replace-pc", "replace-dpm_solver_pp_2m", "repaint", "repaint-heun", "repaint-dpm_solver_pp_2m", "smc"])
 def test_every_method_is_exact_when_the_observation_is_uninformative(method, sampler, options):
     sde = VPSDE()
     known = torch.tensor([[1.3, 123.0]]).repeat(1500, 1)   # unobserved entries may hold anything
@@ -176,6 +178,36 @@ def test_repaint_with_one_pass_is_the_replacement():
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("sampler,options", [("ddim", dict(steps=40, eta=1.0)), ("dpm_solver_pp_2m", dict(nfe=21))])
+def test_repaint_on_a_solver_with_one_pass_is_the_replacement(sampler, options):
+    # the pieces of the grid, run one after the other, are the whole run (ddim has no history to refill;
+    # the multistep solver's first step of each piece is 1st order, so only the pass structure is compared there)
+    sde = VPSDE()
+    known, mask, _ = informative_case(64)
+    a = inpaint(sde, MIX.score_fn(sde), known, mask, sampler=sampler, generator=G(8), **options)
+    b = inpaint(sde, MIX.score_fn(sde), known, mask, method="repaint", resample=1, jump=10, sampler=sampler,
+                generator=G(8), **options)
+    if sampler == "ddim":
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    else:
+        assert (a - b).abs().max() < 0.05 and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
+def test_transition_kernel_composes_with_the_perturbation_kernel(sde):
+    # x(s) ~ p_0s(. | x0), then x(t) ~ p_st(. | x(s)) must be a draw of p_0t(. | x0) (Chapman-Kolmogorov)
+    n, x0, s, t = 20000, torch.full((20000, 1), 0.7, dtype=torch.float64), 0.2, 0.6
+    g = G(3)
+    xs = sde.perturb(x0, torch.full((n,), s, dtype=torch.float64), torch.randn(n, 1, generator=g, dtype=torch.float64))
+    xt = sde.transition(xs, s, t, torch.randn(n, 1, generator=g, dtype=torch.float64))
+    a, std = (v.item() for v in sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64)))
+    mean_z = (xt.mean() - a * 0.7) / (std / n ** 0.5)
+    var_z = (xt.var() / std ** 2 - 1) / (2 / (n - 1)) ** 0.5
+    assert abs(mean_z) < Z_MAX and abs(var_z) < Z_MAX, (mean_z, var_z)
+    with pytest.raises(ValueError, match="0 <= s < t"):
+        sde.transition(xs, t, s, xs)
+
+
 @pytest.mark.parametrize("method,options", [("smc", dict(particles=3)), ("replace", dict(corrector=None))])
 def test_per_row_generators_make_rows_independent_of_the_batch(method, options):
     sde = VESDE()
@@ -196,8 +228,12 @@ def test_inpaint_input_errors():
         inpaint(sde, score, known, mask, method="repaint", resample=0)
     with pytest.raises(ValueError, match="cannot take a step_hook"):
         inpaint(sde, score, known, mask, sampler="ode")
+    with pytest.raises(ValueError, match="runs on a time grid.*got sampler='adaptive_sde'"):
+        inpaint(sde, score, known, mask, method="repaint", sampler="adaptive_sde")
     with pytest.raises(ValueError, match="runs the 'pc' sampler's chain"):
-        inpaint(sde, score, known, mask, method="repaint", sampler="heun")
+        inpaint(sde, score, known, mask, method="smc", sampler="heun")
+    with pytest.raises(ValueError, match="give nfe .* or steps"):
+        inpaint(sde, score, known, mask, method="repaint", sampler="ddim")
     with pytest.raises(ValueError, match="leave corrector=None"):
         inpaint(sde, score, known, mask, method="smc", corrector="langevin")
     with pytest.raises(ValueError, match=r"takes no option \['nfe'\]"):

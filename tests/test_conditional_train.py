@@ -343,3 +343,12 @@ def test_inpaint_and_colorize_cli(runs, tmp_path, capsys):
         assert f["samples"].shape == (2, 3, 8, 8) and np.abs(f["samples"] - f["originals"]).max() > 0.05
     code, out = cli(["colorize", runs / "cond", "--n", 2], capsys)
     assert code == 2 and "colorize needs an RGB run" in out.err
+    code, out = cli(["inpaint", runs / "cond", "--n", 2, "--method", "repaint", "--sampler", "ddim", "--steps", 4,
+                     "--jump", 2, "--resample", 2, "--grid", tmp_path / "r.png", "--out", tmp_path / "r.npz"], capsys)
+    assert code == 0, out.err
+    with np.load(tmp_path / "r.npz") as f:
+        assert np.array_equal(f["samples"][f["mask"]], f["originals"][f["mask"]])
+    code, out = cli(["inpaint", runs / "cond", "--n", 2, "--method", "repaint", "--sampler", "adaptive_sde"], capsys)
+    assert code == 2 and "runs on a time grid" in out.err and "Traceback" not in out.err
+    code, out = cli(["inpaint", runs / "cond", "--n", 2, "--method", "smc", "--sampler", "ddim"], capsys)
+    assert code == 2 and "smc runs the pc sampler's chain" in out.err

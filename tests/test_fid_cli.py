@@ -7,7 +7,6 @@ import types
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sdegen.cli import fid as fid_cli
@@ -140,13 +139,13 @@ def test_user_mistakes(tmp_path):
         cli(fid_cli, good, "--ref", ref, "--seeds", "0")
 
 
-def test_metrics_suite_one_json_line_per_metric(tmp_path, random_inception, capsys):
+def test_metrics_suite_one_json_line_per_metric(tmp_path, random_inception, random_vgg16, capsys):
     """`--metrics fid,kid,is,prc`: a set against itself has FID 0 and precision = recall = 1; a shifted set
     does not; each line's mean and std are those of its per-block values."""
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     same = save_samples(tmp_path / "same.npz", images)
-    w = ["--inception-weights", random_inception, "--device", "cpu"]
+    w = ["--inception-weights", random_inception, "--vgg16-weights", random_vgg16, "--device", "cpu"]
     assert cli(fid_cli, same, "--ref", same, "--metrics", "fid,kid,is,prc", "--json", tmp_path / "r.jsonl", *w) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["metric"] for r in lines] == ["fid", "kid", "is", "precision", "recall"]
@@ -160,6 +159,21 @@ def test_metrics_suite_one_json_line_per_metric(tmp_path, random_inception, caps
     cli(fid_cli, darker, "--ref", same, "--metrics", "fid,prc", *w)
     lines = {r["metric"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert lines["fid"]["mean"] > 100 * max(abs(by["fid"]["mean"]), 1e-3) and lines["precision"]["mean"] < 1.0
+    assert by["precision"]["extractor"] == "vgg16" and by["kid"]["extractor"] == "inception-v3-compat"
+
+
+def test_precision_recall_needs_vgg16_weights_or_inception_features(tmp_path, random_inception, monkeypatch, capsys):
+    monkeypatch.delenv("SDEGEN_VGG16_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    images = np.random.default_rng(2).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    same = save_samples(tmp_path / "same.npz", images)
+    w = ["--inception-weights", random_inception, "--device", "cpu"]
+    with pytest.raises(UsageError, match=r"vgg16-397923af.pth.*--prc-features inception"):
+        cli(fid_cli, same, "--ref", same, "--metrics", "prc", *w)
+    assert cli(fid_cli, same, "--ref", same, "--metrics", "prc", "--prc-features", "inception", *w) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["metric"], r["mean"], r["extractor"]) for r in lines] == [
+        ("precision", 1.0, "inception-v3-compat"), ("recall", 1.0, "inception-v3-compat")]
 
 
 def test_frechet_small_sample_warning_reports_the_bias_scale(tmp_path, capsys):

@@ -309,3 +309,23 @@ def test_mode_stats_counts_modes_and_quality():
     assert mode_stats(samples, grid, std, min_count=11)["modes_recovered"] == 0
     with pytest.raises(ValueError, match="std"):
         mode_stats(samples, grid, -1.0)
+
+
+def test_vgg16_features_are_torch_fidelitys(random_vgg16, tmp_path):
+    # the same weights through torch-fidelity's own extractor (it loads the file itself; ours is weights_only)
+    from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16
+
+    from sdegen.metrics.vgg import VGG16
+
+    x = torch.randint(0, 256, (2, 3, 20, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ours = VGG16(random_vgg16, device="cpu")
+    (theirs,) = FeatureExtractorVGG16("vgg16", ["fc2_relu"], feature_extractor_weights_path=str(random_vgg16))(x)
+    assert ours(x, None).shape == (2, 4096)
+    torch.testing.assert_close(ours(x, None), theirs.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours(x.float() / 255, (0.0, 1.0)), ours(x, None))   # floats are quantised first
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="does not hold torchvision VGG-16 weights"):
+        VGG16(bad, device="cpu")
+    with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth"):
+        VGG16(tmp_path / "missing.pth")

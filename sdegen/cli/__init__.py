@@ -7,7 +7,9 @@ printed as one line with exit status 2.
 Every command (and sub-action) takes ``--threads N``, applied here before the command runs (torch's
 intra-op threads and the BLAS pools of numpy/scipy); see :func:`default_threads` for the default.
 A command with a ``key=value`` positional list (``overrides``, e.g. ``sdegen train``) accepts those
-items anywhere on the line, also after its options. Under ``torchrun`` only rank 0 prints errors.
+items anywhere on the line, also after its options. Under ``torchrun`` only rank 0 prints errors;
+``train`` and ``sample`` also take ``--nproc-per-node K``, which starts the K processes itself
+(:mod:`sdegen.cli.launch`).
 """
 from __future__ import annotations
 
@@ -140,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args = parse(parser, argv)
+    nproc = getattr(args, "nproc_per_node", 1)
+    if nproc > 1:
+        from ..train.distributed import launched_by_torchrun
+        from .launch import launch, without_option
+        if launched_by_torchrun():
+            print(f"sdegen {args.command}: error: --nproc-per-node starts the processes itself; under torchrun "
+                  "leave it out (torchrun's --nproc-per-node sets their number)", file=sys.stderr)
+            return 2
+        return launch(nproc, without_option(argv))
     set_threads(getattr(args, "threads", None) or default_threads())
     warnings.formatwarning = one_line_warning
     try:

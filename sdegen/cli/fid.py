@@ -58,6 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "kid and prc need --ref as images (a data set, samples .npz or folder)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     add_source_arguments(parser)
+    add_prc_arguments(parser)
+
+
+def add_prc_arguments(parser: argparse.ArgumentParser) -> None:
+    """The features of precision/recall (``--metrics ...,prc``), for ``fid`` and ``table``."""
+    parser.add_argument("--prc-features", default="vgg16", choices=("vgg16", "inception"),
+                        help="precision/recall on VGG-16 fc2 features (Kynkaanniemi et al. 2019, torch-fidelity's "
+                             "default) or on the Inception pool features")
+    parser.add_argument("--vgg16-weights", default=None, metavar="PATH",
+                        help="torchvision's vgg16-397923af.pth (else $SDEGEN_VGG16_WEIGHTS or torch hub's cache)")
 
 
 # --- sources --------------------------------------------------------------------------------
@@ -273,6 +283,15 @@ def make_extractors(metrics: list[str], args: argparse.Namespace) -> dict:
         out["digits"] = make_extractor(argparse.Namespace(**{**vars(args), "metric": "fd-digits"}))
     if "pool" in kinds:
         out["pool"] = make_extractor(argparse.Namespace(**{**vars(args), "metric": "fid"}))
+    if "prc" in kinds:
+        if getattr(args, "prc_features", "vgg16") == "inception":
+            out["prc"] = out.get("pool") or make_extractor(argparse.Namespace(**{**vars(args), "metric": "fid"}))
+        else:
+            from sdegen.metrics.vgg import VGG16
+            try:
+                out["prc"] = VGG16(args.vgg16_weights, device=pick_device(args.device))
+            except (FileNotFoundError, ValueError) as e:
+                raise UsageError(str(e))
     if "logits" in kinds:
         from sdegen.metrics.inception import InceptionV3
         try:

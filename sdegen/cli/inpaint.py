@@ -87,8 +87,8 @@ class Command:
         parser.add_argument("--jump", type=positive_int, default=None, help="repaint: steps per jump J (default 10)")
         parser.add_argument("--particles", type=positive_int, default=None, help="smc: particles K (default 16)")
         parser.add_argument("--sampler", default=None,
-                            help="replace: any sampler taking a step hook (default: the run's); repaint and "
-                                 "smc run the pc chain")
+                            help="replace: any sampler taking a step hook (default: the run's); repaint: pc "
+                                 "(default) or a fixed-step solver (heun, ddim, ...); smc runs the pc chain")
         parser.add_argument("--steps", type=positive_int, default=None,
                             help="sampler steps (default: the run's sampler's; repaint / smc: sde.N)")
         parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -179,8 +179,9 @@ class Command:
 
     @staticmethod
     def _sampler(model, args: argparse.Namespace) -> tuple[str, dict]:
-        """``(sampler, options)``: replace takes the run's sampler (or ``--sampler``); repaint and smc the
-        pc chain with the run's predictor, corrector (smc: none) and snr; then ``--steps``, ``--option``."""
+        """``(sampler, options)``: replace takes the run's sampler (or ``--sampler``), so does repaint given a
+        ``--sampler`` other than pc; otherwise repaint and smc take the pc chain with the run's predictor,
+        corrector (smc: none) and snr; then ``--steps``, ``--option``."""
         from omegaconf import OmegaConf
 
         from ..sampling import SAMPLERS
@@ -193,13 +194,13 @@ class Command:
         extra = OmegaConf.to_container(OmegaConf.from_dotlist(args.option))
         extra = {k: (None if v == "none" else v) for k, v in extra.items()}
         run_default = SamplerOptions.from_config(model.config.sampling)
-        if args.method == "replace":
+        if args.method == "replace" or (args.method == "repaint" and args.sampler not in (None, "pc")):
             sampler = choice(args.sampler or run_default.sampler, list(SAMPLERS), "sampler")
             base = dict(run_default.options) if sampler == run_default.sampler else {}
         else:
             if args.sampler not in (None, "pc"):
-                raise UsageError(f"--method {args.method} runs the pc sampler's chain; --sampler {args.sampler} "
-                                 "goes with --method replace")
+                raise UsageError(f"--method smc runs the pc sampler's chain; --sampler {args.sampler} "
+                                 "goes with --method replace or repaint")
             sampler = "pc"
             s = model.config.sampling
             base = {"predictor": None if s.predictor == "none" else s.predictor, "snr": s.snr, "eps": s.eps,

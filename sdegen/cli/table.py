@@ -20,6 +20,7 @@ import json
 import sys
 
 from .common import UsageError, choice, pick_device, positive_float, positive_int
+from .fid import add_prc_arguments
 from .models import add_external_arguments
 
 HELP = "FID / FD-digits table of the samplers of Song et al. 2021 (P<N>, P<2N>, PC<N>, ODE) for one model"
@@ -82,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --metrics: split each cell's samples into K disjoint blocks")
     parser.add_argument("--inception-weights", default=None, metavar="PATH",
                         help="Inception-v3 weights for fid (else $SDEGEN_INCEPTION_WEIGHTS or torch hub's cache)")
+    add_prc_arguments(parser)
     parser.add_argument("--steps-scale", type=positive_float, default=1.0,
                         help="multiply the step counts (0.05: P50, P100, PC50 for N=1000), for quick runs")
     parser.add_argument("--rows", default=",".join(ROW_NAMES),
@@ -172,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--steps-scale: {e}")
     ref_args = argparse.Namespace(metric=metric, inception_weights=args.inception_weights, value_range="unit",
+                                  prc_features=args.prc_features, vgg16_weights=args.vgg16_weights,
                                   data_root=args.data_root, split=args.ref_split, batch_size=args.batch_size,
                                   device=args.device)
     opened = open_reference(args.ref, ref_args) if args.ref is not None else None   # files before networks

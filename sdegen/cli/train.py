@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import UsageError, pick_device
+from .common import UsageError, pick_device, positive_int
 
 HELP = "train a score model from a config preset or YAML file, with checkpoints and resume"
 
@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="fetch MNIST / CIFAR-10 into data.root when missing (sets data.download=true)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--nproc-per-node", type=positive_int, default=1, metavar="K",
+                        help="run in K processes on this machine (DDP, as torchrun --standalone "
+                             "--nproc-per-node=K -m sdegen ...), with one-line errors")
 
 
 def run(args: argparse.Namespace) -> int:

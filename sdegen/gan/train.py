@@ -143,7 +143,7 @@ def _train(cfg: GANConfig, workdir: Path, *, resume: bool, progress: bool) -> GA
         step = int(state["step"])
     # tags this run's checkpoint files: pruning deletes no file another run wrote
     run_id = state.get("run") if found is not None and isinstance(state.get("run"), str) else uuid.uuid4().hex
-    stats = read_stats(workdir / "stats.jsonl", upto=step)
+    stats = checkpoint.stats_upto(workdir / "stats.jsonl", step)
     config = json.dumps(dataclasses.asdict(cfg), indent=2).encode()
     checkpoint.atomic_write(workdir / "config.json", lambda f: f.write(config))
     reference = batch_fn(2000, torch.Generator().manual_seed(_seed(cfg, "reference"))) if len(shape) == 1 else None
@@ -212,14 +212,3 @@ def check_resumable(saved: dict, cfg: GANConfig, path: Path) -> None:
         raise ValueError(f"cannot resume from {path}: its config differs in {diff} "
                          f"({', '.join(f'{k}={saved.get(k)!r}, now {now[k]!r}' for k in diff)}); "
                          "use a new workdir or resume=False")
-
-
-def read_stats(path: Path, upto: int) -> list[dict]:
-    """Logged rows up to step ``upto`` (later rows, from after the last checkpoint, are dropped)."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["step"] <= upto]
-    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    checkpoint.atomic_write(path, lambda f: f.write(text))
-    return rows

@@ -13,8 +13,9 @@ import torch
 
 from .frechet import FeatureStats, fid_from_stats
 
-# name -> what it needs: "pool" (Inception pool features), "logits" (Inception logits), "digits" (digits CNN)
-SUITE = {"fid": "pool", "fd-digits": "digits", "kid": "pool", "is": "logits", "prc": "pool"}
+# name -> what it needs: "pool" (Inception pool features), "logits" (Inception logits), "digits" (digits CNN),
+# "prc" (the precision/recall features: VGG-16 fc2 as in Kynkaanniemi et al. 2019 and torch-fidelity, or Inception's)
+SUITE = {"fid": "pool", "fd-digits": "digits", "kid": "pool", "is": "logits", "prc": "prc"}
 NEEDS_REFERENCE_FEATURES = ("kid", "prc")   # a statistics file (mean, covariance) is not enough for these
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000    # torch-fidelity's defaults
 IS_SPLITS = 10                              # Salimans et al. 2016 / torch-fidelity

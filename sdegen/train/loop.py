@@ -92,10 +92,7 @@ class _Log:
         self.step, self.started = step, None
         if not main:
             return
-        if self.path.is_file():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in rows if r["step"] <= step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self.rows = checkpoint.stats_upto(self.path, step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(workdir / "tb"), purge_step=step + 1)  # drops events after step
