@@ -11,8 +11,9 @@ of its result equal ``known`` exactly. Its methods (:data:`METHODS`):
   replacement hook, and every ``jump`` steps the state travels ``jump`` steps back up in time and down again,
   ``resample - 1`` times, so the unobserved part can harmonise with the observed one. With ``"pc"`` it
   travels on the chain (its predictor and correctors down, its forward steps up); with any sampler that
-  runs on a time grid (every fixed-step solver: it takes ``times``), the sampler itself re-runs the piece
-  of its grid, and the SDE's transition kernel noises the state up. Like the replacement it conditions on a noised copy of ``known``, so it is not exact: more
+  is a solver (every fixed-step solver, on its own time grid; ``adaptive_sde`` on the PC chain's levels), the
+  solver itself re-runs the piece of the grid, and the SDE's transition kernel noises the state up. The
+  adaptive ODE sampler takes no step hook, so it has neither method. Like the replacement it conditions on a noised copy of ``known``, so it is not exact: more
   resampling brings it closer to the replacement's equilibrium, which on some conditionals is further
   from the exact one than a single pass (benchmarks/conditional_accuracy.py).
 - ``"smc"``: the twisted diffusion sampler (TDS, Wu et al. 2023, Algorithm 1): ``particles`` particles per
@@ -37,8 +38,8 @@ import torch
 
 from . import noise
 from .contract import Observed
-from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, generate, sampler_defaults
-from .solvers import solver_grid
+from .sampling import CORRECTORS, PREDICTORS, generate, sampler_defaults
+from .solvers import SOLVERS, solver_grid
 from .score import ScoreFn
 from .sde import SDE, bcast
 
@@ -61,7 +62,7 @@ def inpaint(sde: SDE, score_fn: ScoreFn, known: torch.Tensor, mask, *, method: s
         mask: ``known``'s shape or broadcastable to it; 1 (True) where an entry is observed.
         method: ``"replace"``, ``"repaint"`` or ``"smc"`` (see the module documentation).
         sampler: for ``"replace"`` any sampler of :data:`sdegen.SAMPLERS` that takes a ``step_hook``;
-            ``"repaint"``: ``"pc"`` or a fixed-step solver (one that takes ``times``); ``"smc"`` drives the
+            ``"repaint"``: ``"pc"`` or a solver of :data:`sdegen.solvers.SOLVERS`; ``"smc"`` drives the
             ``"pc"`` sampler's predictor itself.
         generator: a ``torch.Generator``, or one per row (:mod:`sdegen.noise`).
         resample, jump: RePaint's ``U`` (passes over each stretch, 1 = plain replacement) and ``J`` (steps
@@ -92,10 +93,9 @@ def inpaint(sde: SDE, score_fn: ScoreFn, known: torch.Tensor, mask, *, method: s
         x = generate(sde, score_fn, tuple(known.shape), sampler=sampler, generator=generator,
                      device=known.device, step_hook=replace, **sampler_options)
     elif method == "repaint" and sampler != "pc":
-        if sampler not in SAMPLERS or "times" not in sampler_defaults(sampler):
-            grid = sorted(k for k in SAMPLERS if "times" in sampler_defaults(k))
-            raise ValueError(f"method 'repaint' runs on a time grid: sampler 'pc' or one that takes times "
-                             f"{grid}; got sampler={sampler!r}")
+        if sampler not in SOLVERS:
+            raise ValueError(f"method 'repaint' travels back up in time, which the {sampler!r} sampler cannot "
+                             f"follow; choose 'pc' or one of {sorted(SOLVERS)}")
         x = _repaint_solver(sde, score_fn, known, replace, sampler, sampler_options, opts["resample"],
                             opts["jump"], generator)
     else:
@@ -276,16 +276,18 @@ def _repaint_pc(chain: _Chain, known: torch.Tensor, replace, resample: int, jump
 
 def _repaint_solver(sde: SDE, score_fn: ScoreFn, known: torch.Tensor, replace, sampler: str, options: dict,
                     resample: int, jump: int, generator) -> torch.Tensor:
-    """RePaint with a fixed-step solver: the solver runs, with the replacement as its step hook, on the
-    pieces of its own time grid (``times``); up is the SDE's exact transition kernel. A run on a piece
-    starts afresh (a multistep solver refills its history; ``dpm_solver`` takes ``order`` on every step)."""
+    """RePaint with a solver of :data:`sdegen.solvers.SOLVERS`: the solver runs, with the replacement as its
+    step hook, on the pieces of its own time grid (``times``; ``adaptive_sde`` from ``t_start`` to ``eps`` on
+    the PC chain's uniform levels); up is the SDE's exact transition kernel. A run on a piece starts afresh
+    (a multistep solver refills its history; ``dpm_solver`` takes ``order`` on every step)."""
     grid, rest = solver_grid(sampler, sde, options)
     denoise, n = rest.pop("denoise", True), len(grid) - 1
 
     def down(x, hi, lo):
+        piece = (dict(t_start=grid[n - hi], eps=grid[n - lo]) if sampler == "adaptive_sde"
+                 else dict(times=grid[n - hi:n - lo + 1]))
         return generate(sde, score_fn, tuple(known.shape), sampler=sampler, generator=generator,
-                        device=known.device, x_T=x, step_hook=replace, times=grid[n - hi:n - lo + 1],
-                        denoise=denoise and lo == 0, **rest)
+                        device=known.device, x_T=x, step_hook=replace, denoise=denoise and lo == 0, **piece, **rest)
 
     def up(x, lo, hi):
         return sde.transition(x, grid[n - lo], grid[n - hi], noise.randn_like(x, generator))

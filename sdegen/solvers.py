@@ -119,15 +119,17 @@ def time_grid(sde: SDE, steps: int, schedule: str = "edm", eps: float = 1e-3, rh
 
 
 def solver_grid(solver: str, sde: SDE, options: dict) -> tuple[list[float], dict]:
-    """The time grid (floats, ``T`` down to the last time, without the denoising step) that the fixed-step
-    ``solver`` runs with ``options``, and the options left once the grid is fixed: what a run on a piece
-    of the grid takes beside ``times`` (RePaint's resampling, :mod:`sdegen.conditional`). With ``nfe``, the
-    grid has the steps that budget gives (``dpm_solver``: its DPM-Solver-fast split's steps)."""
-    fn = SOLVERS.get(solver)
-    if fn is None or "times" not in inspect.signature(fn).parameters:
-        fixed = sorted(k for k, f in SOLVERS.items() if "times" in inspect.signature(f).parameters)
-        raise ValueError(f"{solver!r} has no fixed time grid; the fixed-step solvers are {fixed}")
+    """The time grid (floats, ``T`` down to the last time, without the denoising step) that ``solver`` runs
+    with ``options``, and the options left once the grid is fixed: what a run on a piece of the grid takes
+    beside ``times`` (RePaint's resampling, :mod:`sdegen.conditional`). With ``nfe``, the grid has the steps
+    that budget gives (``dpm_solver``: its DPM-Solver-fast split's steps). ``adaptive_sde`` has no grid of
+    its own: it gets ``sde.N`` uniform steps (the PC chain's), and runs on a piece with ``t_start``/``eps``."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
     o = {k: v for k, v in options.items() if k not in ("nfe", "steps", "times", "schedule", "rho", "eps")}
+    if solver == "adaptive_sde":
+        o.pop("t_start", None)
+        return time_grid(sde, sde.N, "uniform", options.get("eps", 1e-3)).tolist(), o
     if options.get("times") is not None:
         if any(options.get(k) is not None for k in ("nfe", "steps")):
             raise ValueError(f"{solver}: give times or nfe/steps, not both")
@@ -503,13 +505,14 @@ STEP_BITS = 4
 @torch.no_grad()
 def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: float = 0.01,
                  atol: float = 0.0078, safety: float = 0.9, exponent: float = 0.9, h_init: float = 0.01,
-                 eps: float = 1e-3, denoise: bool = True, max_iters: int = 100_000, brownian: str = "memory",
+                 eps: float = 1e-3, t_start: Optional[float] = None, denoise: bool = True,
+                 max_iters: int = 100_000, brownian: str = "memory",
                  generator: noise.Generator = None, x_T: Optional[torch.Tensor] = None, device=None,
                  dtype: torch.dtype = torch.float32, callback: Optional[Callback] = None,
                  step_hook: Optional[StepHook] = None, info: Optional[dict] = None) -> torch.Tensor:
     """Reverse SDE with adaptive steps (Jolicoeur-Martineau et al. 2021, Algorithm 1).
 
-    Per sample, from ``t = T``: ``x' = x + K1`` (Euler-Maruyama), ``x'' = x + (K1 + K2) / 2``
+    Per sample, from ``t = T`` (or ``t_start``, the time of ``x_T``, down to ``eps``): ``x' = x + K1`` (Euler-Maruyama), ``x'' = x + (K1 + K2) / 2``
     (improved Euler, the same Brownian increment ``dW`` in both stages); the error ``E = ||(x' - x'') /
     delta||_2 / sqrt(n)`` with ``delta = max(atol, rtol max(|x'|, |x'_prev|))``; accept ``x''``
     (extrapolation) if ``E <= 1``; next ``h = min(t - eps, safety h E^-exponent)``. Each sample has its
@@ -538,6 +541,9 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
     if brownian not in BROWNIAN:
         raise ValueError(f"unknown brownian {brownian!r}; choose one of {BROWNIAN}")
     check_common(sde, shape, eps, generator)
+    t0 = sde.T if t_start is None else float(t_start)
+    if not eps < t0 <= sde.T:
+        raise ValueError(f"t_start must be in (eps={eps}, T={sde.T}], got {t_start}")
     if device is None:
         device = x_T.device if x_T is not None else noise.generator_device(generator, "cpu")
     score_fn = Observed(score_fn)
@@ -545,8 +551,8 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
     reverse = sde.reverse(score_fn)
     x = start_point(sde, shape, generator, x_T, device, dtype)
     B, n_el = x.shape[0], x[0].numel()
-    t = torch.full((B,), sde.T, dtype=torch.float64, device=device)
-    h = torch.full((B,), min(h_init, sde.T - eps), dtype=torch.float64, device=device)
+    t = torch.full((B,), t0, dtype=torch.float64, device=device)
+    h = torch.full((B,), min(h_init, t0 - eps), dtype=torch.float64, device=device)
     x_prev = x.clone()   # x'_prev starts at x_T (official implementation)
     path = None   # draws come after x_T's, so a given x_T and a drawn one agree
     if brownian == "tree":
@@ -554,7 +560,7 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
     elif brownian == "memory":
         path = BrownianMemory(t, x.shape[1:], generator)
     if path is not None:
-        w = torch.zeros(B, *x.shape[1:], dtype=torch.float64, device=device)   # W(T) = 0 (memory)
+        w = torch.zeros(B, *x.shape[1:], dtype=torch.float64, device=device)   # W(t_start) = 0 (memory)
         if brownian == "tree":
             w = path(t)   # W(t) of every sample at its current time (float64)
     calls, scored, accepted, rejected = 0, 0, 0, 0

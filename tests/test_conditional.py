@@ -96,8 +96,10 @@ INDEPENDENT = GaussianMixture([[0.5, -2.0], [0.5, 2.0]], [[[0.3, 0.0], [0.0, 0.1
     ("repaint", "pc", dict(steps=200, resample=2, jump=10)),
     ("repaint", "heun", dict(steps=30, s_churn=5.0, resample=3, jump=5)),
     ("repaint", "dpm_solver_pp_2m", dict(steps=30, resample=3, jump=5)),
+    ("repaint", "adaptive_sde", dict(resample=2, jump=100, rtol=0.05)),
     ("smc", "pc", dict(steps=200, particles=4)),
-], ids=["replace-pc", "replace-dpm_solver_pp_2m", "repaint", "repaint-heun", "repaint-dpm_solver_pp_2m", "smc"])
+], ids=["replace-pc", "replace-dpm_solver_pp_2m", "repaint", "repaint-heun", "repaint-dpm_solver_pp_2m",
+        "repaint-adaptive_sde", "smc"])
 def test_every_method_is_exact_when_the_observation_is_uninformative(method, sampler, options):
     sde = VPSDE()
     known = torch.tensor([[1.3, 123.0]]).repeat(1500, 1)   # unobserved entries may hold anything
@@ -228,8 +230,8 @@ def test_inpaint_input_errors():
         inpaint(sde, score, known, mask, method="repaint", resample=0)
     with pytest.raises(ValueError, match="cannot take a step_hook"):
         inpaint(sde, score, known, mask, sampler="ode")
-    with pytest.raises(ValueError, match="runs on a time grid.*got sampler='adaptive_sde'"):
-        inpaint(sde, score, known, mask, method="repaint", sampler="adaptive_sde")
+    with pytest.raises(ValueError, match="travels back up in time, which the 'ode' sampler cannot follow"):
+        inpaint(sde, score, known, mask, method="repaint", sampler="ode")
     with pytest.raises(ValueError, match="runs the 'pc' sampler's chain"):
         inpaint(sde, score, known, mask, method="smc", sampler="heun")
     with pytest.raises(ValueError, match="give nfe .* or steps"):

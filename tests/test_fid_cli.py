@@ -156,7 +156,7 @@ def test_metrics_suite_one_json_line_per_metric(tmp_path, random_inception, rand
     assert by["is"]["mean"] >= 1.0 and by["is"]["splits"] == 6 and by["kid"]["subset_size"] == 6
 
     darker = save_samples(tmp_path / "darker.npz", (images // 4).astype(np.uint8))
-    cli(fid_cli, darker, "--ref", same, "--metrics", "fid,prc", *w)
+    cli(fid_cli, darker, "--ref", same, "--metrics", "fid,prc", "--prc-features", "inception", *w)
     lines = {r["metric"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert lines["fid"]["mean"] > 100 * max(abs(by["fid"]["mean"]), 1e-3) and lines["precision"]["mean"] < 1.0
     assert by["precision"]["extractor"] == "vgg16" and by["kid"]["extractor"] == "inception-v3-compat"

@@ -309,6 +309,26 @@ def test_redrawing_the_increment_is_biased_where_a_consistent_path_is_not():
     assert worst_z("memory") < 5.0 and worst_z("tree") < 5.0
 
 
+@pytest.mark.parametrize("brownian", ["memory", "tree"])
+def test_adaptive_sde_from_an_intermediate_time(brownian):
+    # x at t_start drawn from the exact marginal p_t (a mixture sample noised by the perturbation kernel):
+    # solving from t_start must end at the mixture, as a solve from T does
+    sde, mix, n, t0 = VPSDE(), toy.gauss3(), 1000, 0.4
+    x0 = mix.sample(n, gen(2)).float()
+    x_t = sde.perturb(x0, torch.full((n,), t0), torch.randn(n, 2, generator=gen(3)))
+    info = {}
+    x = solve(sde, mix.score_fn(sde), (n, 2), solver="adaptive_sde", rtol=0.05, brownian=brownian, x_T=x_t,
+              t_start=t0, generator=gen(4), info=info)
+    rep = mix.moment_report(x)
+    assert max(rep["weights_z"], rep["means_z"], rep["covs_z"]) < 5.0, rep
+    full = {}
+    solve(sde, mix.score_fn(sde), (n, 2), solver="adaptive_sde", rtol=0.05, brownian=brownian, generator=gen(4),
+          info=full)
+    assert info["nfe_per_sample"] < full["nfe_per_sample"]   # the stretch from T to t_start is not solved
+    with pytest.raises(ValueError, match="t_start must be in"):
+        solve(sde, mix.score_fn(sde), (2, 2), solver="adaptive_sde", t_start=1e-4)
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,match", [

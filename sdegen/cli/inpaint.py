@@ -88,7 +88,7 @@ class Command:
         parser.add_argument("--particles", type=positive_int, default=None, help="smc: particles K (default 16)")
         parser.add_argument("--sampler", default=None,
                             help="replace: any sampler taking a step hook (default: the run's); repaint: pc "
-                                 "(default) or a fixed-step solver (heun, ddim, ...); smc runs the pc chain")
+                                 "(default) or a solver (heun, ddim, ..., adaptive_sde); smc runs the pc chain")
         parser.add_argument("--steps", type=positive_int, default=None,
                             help="sampler steps (default: the run's sampler's; repaint / smc: sde.N)")
         parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -61,6 +61,7 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup: int = 5000                 # linear warm-up of the learning rate over this many steps (0: none)
+    lr_decay: int = 0                  # then lr / sqrt(step / lr_decay) after this many steps (0: constant; EDM2)
     grad_clip: float = 1.0             # clip the global gradient norm to this (<= 0: no clipping)
     ema_rate: float = 0.9999
     ema_warmup: bool = True            # decay min(rate, (1 + n) / (10 + n)) after n updates (official EMA)
@@ -247,7 +248,8 @@ def validate(cfg: Config) -> Config:
     _positive(cfg, ["data.image_size", "sde.N", "optim.lr", "optim.ema_rate", "training.eps",
                     "training.batch_size", "training.time_limit", "training.log_every", "training.ckpt_every",
                     "training.keep", "sampling.snr", "sampling.steps", "sampling.eps", "sampling.n"])
-    for name, value in (("optim.warmup", cfg.optim.warmup), ("training.steps", cfg.training.steps),
+    for name, value in (("optim.warmup", cfg.optim.warmup), ("optim.lr_decay", cfg.optim.lr_decay),
+                        ("training.steps", cfg.training.steps),
                         ("training.sample_every", cfg.training.sample_every),
                         ("sampling.n_corrector_steps", cfg.sampling.n_corrector_steps)):
         if value < 0:

@@ -62,10 +62,14 @@ class TrainResult:
     stopped: str = "steps"      # "steps" (all done) or "time_limit"
 
 
-def learning_rate(step: int, lr: float, warmup: int) -> float:
+def learning_rate(step: int, lr: float, warmup: int, decay: int = 0) -> float:
     """Learning rate of the update that follows ``step`` finished updates: linear warm-up to ``lr`` over
-    ``warmup`` updates (score_sde ``optimization_manager``, counting the first update as 1)."""
-    return lr * min((step + 1) / warmup, 1.0) if warmup > 0 else lr
+    ``warmup`` updates (score_sde ``optimization_manager``, counting the first update as 1), then, when
+    ``decay`` > 0, inverse square-root decay ``lr / sqrt(max(n / decay, 1))`` for update ``n``
+    (Karras et al. 2024, EDM2, Eq. 16)."""
+    n = step + 1
+    scale = min(n / warmup, 1.0) if warmup > 0 else 1.0
+    return lr * scale / math.sqrt(max(n / decay, 1.0)) if decay > 0 else lr * scale
 
 
 def _say(ctx: distributed.Context, text: str) -> None:
@@ -411,7 +415,7 @@ def _train(cfg: Config, workdir: Path, ctx: distributed.Context, resume: bool, r
         while step < t.steps:
             x0, y, gens = batches.labelled(step)
             x0 = x0.to(ctx.device, non_blocking=True)
-            lr = learning_rate(step, cfg.optim.lr, cfg.optim.warmup)
+            lr = learning_rate(step, cfg.optim.lr, cfg.optim.warmup, cfg.optim.lr_decay)
             for group in opt.param_groups:
                 group["lr"] = lr
             _seed_global(derived_seed(t.seed, step, ctx.rank, stream="dropout"), ctx.device)
