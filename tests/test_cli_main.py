@@ -143,11 +143,14 @@ def test_nproc_per_node_launches_processes_and_reports_errors_in_one_line(tmp_pa
     import sys
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     sdegen = [sys.executable, "-m", "sdegen"]
-    ok = subprocess.run(sdegen + ["train", "digits_vp", "--workdir", str(tmp_path / "run"), "training.steps=2",
-                                  "training.sample_every=0", "training.tensorboard=false", "--no-progress",
-                                  "--nproc-per-node", "2"], env=env, capture_output=True, text=True, timeout=300)
+    run = str(tmp_path / "run")
+    assert cli.main(["train", "digits_vp", "--workdir", run, "training.steps=2", "training.sample_every=0",
+                     "training.tensorboard=false", "--no-progress"]) == 0
+    ok = subprocess.run(sdegen + ["sample", run, "--n", "4", "--steps", "3", "--out", str(tmp_path / "s.npz"),
+                                  "--no-progress", "--nproc-per-node", "2"], env=env, capture_output=True, text=True,
+                        timeout=300)
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.count("step 2, loss") == 1 and (tmp_path / "run" / "checkpoints").is_dir()   # rank 0 reports
+    assert np.load(tmp_path / "s.npz")["samples"].shape[0] == 4 and ok.stdout.count("s.npz") == 1  # rank 0 reports
     bad = subprocess.run(sdegen + ["train", "mnist_vp", "--workdir", str(tmp_path / "m"), f"data.root={tmp_path}/none",
                                    "--nproc-per-node=2"], env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in bad.stderr.splitlines() if line.strip()]

@@ -35,7 +35,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     for name in LAUNCHER_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # torchrun's default per process, without its warning
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "sdegen", *argv])
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "sdegen"])
+    args.training_script_args = list(argv)   # not through the launcher's parser: it would take --n for --nnodes
     try:
         run(args)
     except ChildFailedError as e:
