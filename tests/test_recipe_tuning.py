@@ -1,8 +1,8 @@
-"""The inverse square-root learning-rate decay (optim.lr_decay, Karras et al. 2024, EDM2, Eq. 16)."""
+"""The inverse square-root learning-rate decay (optim.lr_decay, Karras et al. 2024, EDM2)."""
 import pytest
 
 from sdegen.train import learning_rate, load_config
-from sdegen.train.config import ConfigError
+from sdegen.train.config import ConfigError, resume_conflicts, to_dict
 
 
 def test_inverse_sqrt_decay_after_warmup():
@@ -20,3 +20,12 @@ def test_lr_decay_config_key():
     assert load_config("digits_edm", ["optim.lr_decay=500"]).optim.lr_decay == 500
     with pytest.raises(ConfigError, match="optim.lr_decay must be >= 0"):
         load_config("digits_edm", ["optim.lr_decay=-1"])
+
+
+def test_checkpoint_config_without_lr_decay_resumes():
+    # a checkpoint written before optim.lr_decay existed was trained with a constant rate: no conflict
+    saved = to_dict(load_config("digits_edm"))
+    del saved["optim"]["lr_decay"]
+    assert resume_conflicts(saved, load_config("digits_edm", ["optim.lr_decay=0"])) == []
+    assert resume_conflicts(saved, load_config("digits_edm", ["optim.lr_decay=1000"])) == [
+        "optim.lr_decay (0 in the checkpoint, now 1000)"]

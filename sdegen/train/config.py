@@ -297,5 +297,9 @@ def resume_conflicts(saved: Dict[str, Any], now: Config) -> list[str]:
             elif va != vb:
                 out.append(f"{name} ({va!r} in the checkpoint, now {vb!r})")
 
+    try:   # a key added after the checkpoint was written takes its default (the behaviour it was trained with)
+        saved = to_dict(load_config(None, saved))
+    except ConfigError:
+        pass
     walk(saved, to_dict(now), "")
     return out

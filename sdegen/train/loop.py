@@ -66,7 +66,7 @@ def learning_rate(step: int, lr: float, warmup: int, decay: int = 0) -> float:
     """Learning rate of the update that follows ``step`` finished updates: linear warm-up to ``lr`` over
     ``warmup`` updates (score_sde ``optimization_manager``, counting the first update as 1), then, when
     ``decay`` > 0, inverse square-root decay ``lr / sqrt(max(n / decay, 1))`` for update ``n``
-    (Karras et al. 2024, EDM2, Eq. 16)."""
+    (Karras et al. 2024, EDM2: ``learning_rate_schedule`` of its training loop)."""
     n = step + 1
     scale = min(n / warmup, 1.0) if warmup > 0 else 1.0
     return lr * scale / math.sqrt(max(n / decay, 1.0)) if decay > 0 else lr * scale
