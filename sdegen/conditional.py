@@ -10,10 +10,11 @@ of its result equal ``known`` exactly. Its methods (:data:`METHODS`):
 - ``"repaint"``: Lugmayr et al. 2022 (RePaint, Algorithm 1 with the "jump" schedule of its code): the same
   replacement hook, and every ``jump`` steps the state travels ``jump`` steps back up in time and down again,
   ``resample - 1`` times, so the unobserved part can harmonise with the observed one. With ``"pc"`` it
-  travels on the chain (its predictor and correctors down, its forward steps up); with any sampler that
-  is a solver (every fixed-step solver, on its own time grid; ``adaptive_sde`` on the PC chain's levels), the
-  solver itself re-runs the piece of the grid, and the SDE's transition kernel noises the state up. The
-  adaptive ODE sampler takes no step hook, so it has neither method. Like the replacement it conditions on a noised copy of ``known``, so it is not exact: more
+  travels on the chain (its predictor and correctors down, its forward steps up); with a solver (every
+  fixed-step solver on its own time grid, ``adaptive_sde`` on the PC chain's levels) the solver itself
+  re-runs the piece of the grid, and the SDE's transition kernel noises the state up. (The adaptive ODE
+  sampler takes no step hook, so it has neither method.) Like the replacement it conditions on a noised
+  copy of ``known``, so it is not exact: more
   resampling brings it closer to the replacement's equilibrium, which on some conditionals is further
   from the exact one than a single pass (benchmarks/conditional_accuracy.py).
 - ``"smc"``: the twisted diffusion sampler (TDS, Wu et al. 2023, Algorithm 1): ``particles`` particles per

@@ -512,7 +512,8 @@ def adaptive_sde(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], *, rtol: flo
                  step_hook: Optional[StepHook] = None, info: Optional[dict] = None) -> torch.Tensor:
     """Reverse SDE with adaptive steps (Jolicoeur-Martineau et al. 2021, Algorithm 1).
 
-    Per sample, from ``t = T`` (or ``t_start``, the time of ``x_T``, down to ``eps``): ``x' = x + K1`` (Euler-Maruyama), ``x'' = x + (K1 + K2) / 2``
+    Per sample, from ``t = T`` (or ``t_start``, the time of ``x_T``) down to ``eps``: ``x' = x + K1``
+    (Euler-Maruyama), ``x'' = x + (K1 + K2) / 2``
     (improved Euler, the same Brownian increment ``dW`` in both stages); the error ``E = ||(x' - x'') /
     delta||_2 / sqrt(n)`` with ``delta = max(atol, rtol max(|x'|, |x'_prev|))``; accept ``x''``
     (extrapolation) if ``E <= 1``; next ``h = min(t - eps, safety h E^-exponent)``. Each sample has its
