@@ -269,13 +269,13 @@ def test_table_metrics_over_seeds_are_sdegen_fid_on_the_cell(ve_run, tmp_path, c
     _same_figures(lines, _fid_suite(ve_run, tmp_path, capsys, 8, ref, ["--metrics", "fd-digits", "--seeds", "2"]))
 
 
-def test_table_inception_metrics_are_sdegen_fid_on_the_cell(ve_run, random_inception, random_vgg16, tmp_path, capsys):
+def test_table_inception_metrics_are_sdegen_fid_on_the_cell(ve_run, random_inception, tmp_path, capsys):
     """KID, IS and precision/recall (random Inception weights) of a cell: `sdegen fid --metrics`'s figures."""
     from sdegen.metrics.fd_digits import load_digits_split
 
     ref = tmp_path / "ref.npz"
     np.savez(ref, samples=load_digits_split("test")[0][:4].numpy())   # 4 digits as images, floats in [0, 1]
-    w = ["--inception-weights", str(random_inception), "--vgg16-weights", str(random_vgg16), "--device", "cpu"]
+    w = ["--inception-weights", str(random_inception), "--prc-features", "inception", "--device", "cpu"]
     lines, out = _table_suite(ve_run, capsys, 4, ["--metrics", "kid,is,prc", "--ref", str(ref), *w])
     assert [(r["metric"], r["column"]) for r in lines] == [(m, "ODE") for m in ("kid", "is", "precision", "recall")]
     assert "| FD-digits | ODE |" in out and all(r["ref"] == str(ref) for r in lines if r["metric"] != "is")
