@@ -155,6 +155,8 @@ def test_nproc_per_node_launches_processes_and_reports_errors_in_one_line(tmp_pa
                                    "--nproc-per-node=2"], env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode == 2 and len(lines) == 1 and "MNIST not found" in lines[0], bad.stderr
+    # torchrun's own parser would take sample's --n for its --nnodes: --num-samples passes through it
+    assert parse(build_parser(), ["sample", run, "--num-samples", "7"]).n == 7
     torchrun = subprocess.run(sdegen + ["train", "digits_vp", "--workdir", str(tmp_path / "x"), "--nproc-per-node", "2"],
                               env={**env, "WORLD_SIZE": "2", "RANK": "0"}, capture_output=True, text=True, timeout=300)
     assert torchrun.returncode == 2 and "under torchrun leave it out" in torchrun.stderr

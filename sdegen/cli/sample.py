@@ -64,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance w of a conditional run: (1 + w) s(x, t, y) - w s(x, t, null) "
                         "(Ho & Salimans 2022; default 0: the conditional score)")
-    parser.add_argument("--n", type=positive_int, default=50000, help="number of samples")
+    parser.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=50000,
+                        help="number of samples (--num-samples under torchrun, whose own parser takes --n for "
+                             "its --nnodes)")
     parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="sample i depends on (seed, i) only")
     parser.add_argument("--out", default="samples.npz", help="output .npz (array 'samples')")
