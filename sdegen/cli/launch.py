@@ -4,13 +4,23 @@ sdegen ...`` would, but with sdegen's error reporting: a user's mistake is the o
 and the command's exit status (2), without the launcher's failure summary and traceback."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 
+from .common import positive_int
+
 OPTION = "--nproc-per-node"
 # the launcher's loggers: it reports each worker's start, exit and failure there
 LAUNCHER_LOGGERS = ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher")
+
+
+def add_nproc_argument(parser: argparse.ArgumentParser) -> None:
+    """``--nproc-per-node K`` for a command that runs under torchrun (``train``, ``sample``)."""
+    parser.add_argument(OPTION, type=positive_int, default=1, metavar="K",
+                        help="run in K processes on this machine (DDP, as torchrun --standalone "
+                             "--nproc-per-node=K -m sdegen ...), with one-line errors")
 
 
 def without_option(argv: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from .launch import add_nproc_argument
 from .common import UsageError, key_values, output_paths, pick_device, positive_float, positive_int
 from .models import add_external_arguments
 
@@ -77,9 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", action="store_true", help="use the raw weights of a run, not its EMA")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--nproc-per-node", type=positive_int, default=1, metavar="K",
-                        help="run in K processes on this machine (DDP, as torchrun --standalone "
-                             "--nproc-per-node=K -m sdegen ...), with one-line errors")
+    add_nproc_argument(parser)
 
 
 def load_model(args: argparse.Namespace, device):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import UsageError, pick_device, positive_int
+from .launch import add_nproc_argument
+from .common import UsageError, pick_device
 
 HELP = "train a score model from a config preset or YAML file, with checkpoints and resume"
 
@@ -35,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="fetch MNIST / CIFAR-10 into data.root when missing (sets data.download=true)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--nproc-per-node", type=positive_int, default=1, metavar="K",
-                        help="run in K processes on this machine (DDP, as torchrun --standalone "
-                             "--nproc-per-node=K -m sdegen ...), with one-line errors")
+    add_nproc_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
