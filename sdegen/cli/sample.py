@@ -14,8 +14,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from .launch import add_nproc_argument
 from .common import UsageError, key_values, output_paths, pick_device, positive_float, positive_int
+from .launch import add_nproc_argument
 from .models import add_external_arguments
 
 HELP = "sample a trained run or an official score_sde checkpoint into an .npz (and a grid PNG)"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .launch import add_nproc_argument
 from .common import UsageError, pick_device
+from .launch import add_nproc_argument
 
 HELP = "train a score model from a config preset or YAML file, with checkpoints and resume"
 
