@@ -105,7 +105,8 @@ def _lookup(name, registry, what):
     if name is None or name == "none":
         return None
     if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(registry) + [None]}")
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(sorted(registry))} or none "
+                         "(None in Python)")
     return registry[name]
 
 

@@ -32,6 +32,37 @@ def test_default_threads(monkeypatch):
         assert default_threads() == expected
 
 
+def test_idle_cores_reads_the_idle_share_of_all_cpus(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli, "usable_cores", lambda: 2)
+    # /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice (jiffies)
+    for (idle, iowait, busy), expected in (((180, 10, 10), 2), ((95, 5, 100), 1), ((5, 0, 195), 1)):
+        stat.write_text("cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 1 2 3\n")
+        later = f"cpu  {busy} 0 0 {idle} {iowait} 0 0 0 7 7\ncpu0 1 2 3\n"   # guest time is in user already
+        monkeypatch.setattr(cli.time, "sleep", lambda seconds: stat.write_text(later))
+        assert cli.idle_cores(stat=stat) == expected, (idle, iowait, busy)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)       # 8 idle cores, 2 of them this process's
+    stat.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n")
+    monkeypatch.setattr(cli.time, "sleep", lambda seconds: stat.write_text("cpu  0 0 0 800 0 0 0 0 0 0\n"))
+    assert cli.idle_cores(stat=stat) == 2
+    monkeypatch.undo()
+    assert cli.idle_cores(stat=tmp_path / "missing") is None     # not Linux: unknown
+    real = cli.idle_cores(interval=0.05)
+    assert real is None or 1 <= real <= cli.usable_cores()
+
+
+def test_quickstart_threads_are_the_idle_cores(monkeypatch):
+    from sdegen.cli import quickstart
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert quickstart.training_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    for idle, expected in ((None, 1), (1, 1), (2, 2), (16, 4)):
+        monkeypatch.setattr(quickstart, "idle_cores", lambda: idle)
+        assert quickstart.training_threads() == expected
+
+
 def test_threads_are_applied_before_the_command(tmp_path, capsys, monkeypatch):
     from threadpoolctl import threadpool_info
 
@@ -43,7 +74,7 @@ def test_threads_are_applied_before_the_command(tmp_path, capsys, monkeypatch):
     assert all(p["num_threads"] == 2 for p in threadpool_info())
     assert cli.main(["sample", str(tmp_path / "missing"), "--device", "cpu"]) == 2
     assert torch.get_num_threads() == 2                      # min(4, 4 // 2)
-    assert parse(build_parser(), ["quickstart"]).threads == 1  # quickstart's own default
+    assert parse(build_parser(), ["quickstart"]).threads is None  # quickstart decides when it runs
     assert parse(build_parser(), ["gan", "train", "--workdir", "w", "--threads", "3"]).threads == 3
     with pytest.raises(SystemExit):
         parse(build_parser(), ["sample", "x", "--threads", "0"])

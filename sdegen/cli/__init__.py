@@ -19,6 +19,8 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
+from typing import Optional
 
 from .common import UsageError, positive_int
 
@@ -60,6 +62,29 @@ def default_threads() -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return max(1, min(MAX_DEFAULT_THREADS, usable_cores() // 2))
+
+
+def _cpu_times(stat: Path) -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs together: the first line of ``/proc/stat``."""
+    fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])   # idle + iowait; no guest time
+
+
+def idle_cores(interval: float = 0.5, stat: str | os.PathLike = "/proc/stat") -> Optional[int]:
+    """How many of this process's cores are idle now: the idle share of all CPUs over ``interval``
+    seconds (``/proc/stat``) times their number, rounded (a core 75% idle counts), at most
+    :func:`usable_cores` and at least 1; None where ``/proc/stat`` is missing (not Linux)."""
+    path = Path(stat)
+    try:
+        idle0, total0 = _cpu_times(path)
+        time.sleep(interval)
+        idle1, total1 = _cpu_times(path)
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    free = (idle1 - idle0) / (total1 - total0) * (os.cpu_count() or 1)
+    return max(1, min(usable_cores(), int(free + 0.25)))
 
 
 def set_threads(n: int) -> None:
