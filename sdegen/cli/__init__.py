@@ -58,10 +58,13 @@ def default_threads() -> int:
     """``OMP_NUM_THREADS`` when set to a positive integer (torchrun sets 1 per process), else
     ``min(4, cores // 2)`` and at least 1: half the cores leaves room for other work on a shared
     machine, where torch's default (every core) runs several times slower."""
+    return env_threads() or max(1, min(MAX_DEFAULT_THREADS, usable_cores() // 2))
+
+
+def env_threads() -> Optional[int]:
+    """``OMP_NUM_THREADS`` when it is a positive integer, else None (unset, empty or junk)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(MAX_DEFAULT_THREADS, usable_cores() // 2))
+    return int(env) if env.isdigit() and int(env) > 0 else None
 
 
 def _cpu_times(stat: Path) -> tuple[int, int]:

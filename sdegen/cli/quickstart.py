@@ -10,11 +10,10 @@ depend on the machine's speed and on the other work sharing it; the summary says
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 
-from . import MAX_DEFAULT_THREADS, idle_cores, set_threads
+from . import MAX_DEFAULT_THREADS, env_threads, idle_cores, set_threads
 from .common import UsageError, pick_device, positive_float, positive_int
 
 DEFAULT_CONFIG = "digits_edm"   # the recipe with the best FD-digits per CPU-minute (benchmarks/digits_quality.py)
@@ -38,12 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def training_threads() -> int:
     """Threads for the quickstart's training when ``--threads`` is not given: ``OMP_NUM_THREADS`` when set,
     else the cores idle right now (:func:`sdegen.cli.idle_cores`, at most 4; 1 where it cannot tell).
-    Batch-128 steps of digits_edm run 1.4-1.6x faster on 2 idle cores with 2 threads than with 1, but
+    Batch-128 steps of digits_edm run 1.3-1.6x faster on 2 idle cores with 2 threads than with 1, but
     2-4x slower when other work holds the cores (``benchmarks/threads.py``): so only idle cores are taken."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return min(MAX_DEFAULT_THREADS, idle_cores() or 1)
+    return env_threads() or min(MAX_DEFAULT_THREADS, idle_cores() or 1)
 
 
 def _nearest(samples, data):
